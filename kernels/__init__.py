@@ -1,0 +1,1 @@
+"""Multi-scale deformable attention (installed as ``ddetr_lib.kernels``)."""
