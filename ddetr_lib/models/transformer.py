@@ -1,0 +1,267 @@
+"""The DETR transformer: an encoder over image features, a decoder over object queries.
+
+Differences from the original "Attention is all you need" transformer, as in DETR:
+
+* positional encodings are added to the queries and keys of EVERY attention layer
+  (never to the values), rather than once to the input;
+* the decoder input ("target") starts at zero; what tells the object queries apart is
+  their learned positional part ``query_pos`` (``DETR.query_embed``);
+* the decoder returns every layer's output (after the shared final LayerNorm) so that
+  each layer can get its own auxiliary loss.
+
+Layers are post-norm (``x = norm(x + sublayer(x))``) as published; ``pre_norm=True``
+gives the pre-norm variant (``x = x + sublayer(norm(x))``, plus a final encoder norm).
+
+Tensors are batch-first: sequences are (B, L, C). ``nn.MultiheadAttention`` is used
+directly so that parameter names match the official checkpoints
+(``self_attn.in_proj_weight`` ...). By default it is called with ``need_weights=False``
+(the fast, fused path); ``capture_attention(model)`` turns weight recording on.
+"""
+from __future__ import annotations
+
+import copy
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _with_pos(x: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
+    return x if pos is None else x + pos
+
+
+class _RecordsAttention:
+    """Mixin: an attention layer that can hand its weights to a recorder.
+
+    ``record_attention`` is ``None`` normally (weights are not computed at all); inside
+    ``capture_attention`` it is a function ``record(kind, weights)``.
+    """
+
+    record_attention = None
+
+    def _attend(self, attn: nn.MultiheadAttention, kind: str, query, key, value,
+                key_padding_mask=None) -> torch.Tensor:
+        record = self.record_attention
+        out, weights = attn(query, key, value, key_padding_mask=key_padding_mask,
+                            need_weights=record is not None, average_attn_weights=False)
+        if record is not None:
+            record(kind, weights)  # (B, heads, L_query, L_key)
+        return out
+
+
+class TransformerEncoderLayer(_RecordsAttention, nn.Module):
+    """Self-attention over all feature pixels, then a feed-forward network."""
+
+    def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048, dropout: float = 0.1,
+                 normalize_before: bool = False):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout, batch_first=True)
+        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.dropout = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.dropout1 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
+        self.normalize_before = normalize_before
+
+    def _ffn(self, x):
+        return self.linear2(self.dropout(F.relu(self.linear1(x))))
+
+    def forward(self, src, src_key_padding_mask=None, pos=None):
+        # src, pos: (B, HW, C); src_key_padding_mask: (B, HW), True on padding
+        if self.normalize_before:
+            x = self.norm1(src)
+            q = k = _with_pos(x, pos)
+            src = src + self.dropout1(self._attend(self.self_attn, "encoder", q, k, x, src_key_padding_mask))
+            src = src + self.dropout2(self._ffn(self.norm2(src)))
+            return src
+        q = k = _with_pos(src, pos)
+        src = self.norm1(src + self.dropout1(self._attend(self.self_attn, "encoder", q, k, src,
+                                                          src_key_padding_mask)))
+        src = self.norm2(src + self.dropout2(self._ffn(src)))
+        return src
+
+
+class TransformerDecoderLayer(_RecordsAttention, nn.Module):
+    """Self-attention among queries, cross-attention from queries to the encoder memory, FFN."""
+
+    def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048, dropout: float = 0.1,
+                 normalize_before: bool = False):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout, batch_first=True)
+        self.multihead_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout, batch_first=True)
+        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.dropout = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.norm3 = nn.LayerNorm(d_model)
+        self.dropout1 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
+        self.dropout3 = nn.Dropout(dropout)
+        self.normalize_before = normalize_before
+
+    def _ffn(self, x):
+        return self.linear2(self.dropout(F.relu(self.linear1(x))))
+
+    def forward(self, tgt, memory, memory_key_padding_mask=None, pos=None, query_pos=None):
+        # tgt, query_pos: (B, Q, C); memory, pos: (B, HW, C); memory_key_padding_mask: (B, HW)
+        if self.normalize_before:
+            x = self.norm1(tgt)
+            q = k = _with_pos(x, query_pos)
+            tgt = tgt + self.dropout1(self._attend(self.self_attn, "decoder_self", q, k, x))
+            x = self.norm2(tgt)
+            tgt = tgt + self.dropout2(self._attend(self.multihead_attn, "decoder_cross", _with_pos(x, query_pos),
+                                                   _with_pos(memory, pos), memory, memory_key_padding_mask))
+            tgt = tgt + self.dropout3(self._ffn(self.norm3(tgt)))
+            return tgt
+        q = k = _with_pos(tgt, query_pos)
+        tgt = self.norm1(tgt + self.dropout1(self._attend(self.self_attn, "decoder_self", q, k, tgt)))
+        tgt = self.norm2(tgt + self.dropout2(self._attend(
+            self.multihead_attn, "decoder_cross", _with_pos(tgt, query_pos), _with_pos(memory, pos), memory,
+            memory_key_padding_mask)))
+        tgt = self.norm3(tgt + self.dropout3(self._ffn(tgt)))
+        return tgt
+
+
+def _clones(module: nn.Module, n: int) -> nn.ModuleList:
+    return nn.ModuleList(copy.deepcopy(module) for _ in range(n))
+
+
+class TransformerEncoder(nn.Module):
+    def __init__(self, encoder_layer: nn.Module, num_layers: int, norm: nn.Module | None = None):
+        super().__init__()
+        self.layers = _clones(encoder_layer, num_layers)
+        self.num_layers = num_layers
+        self.norm = norm  # only with pre-norm layers
+
+    def forward(self, src, src_key_padding_mask=None, pos=None):
+        output = src
+        for layer in self.layers:
+            output = layer(output, src_key_padding_mask=src_key_padding_mask, pos=pos)
+        if self.norm is not None:
+            output = self.norm(output)
+        return output
+
+
+class TransformerDecoder(nn.Module):
+    def __init__(self, decoder_layer: nn.Module, num_layers: int, norm: nn.Module,
+                 return_intermediate: bool = False):
+        super().__init__()
+        self.layers = _clones(decoder_layer, num_layers)
+        self.num_layers = num_layers
+        self.norm = norm
+        self.return_intermediate = return_intermediate
+
+    def forward(self, tgt, memory, memory_key_padding_mask=None, pos=None, query_pos=None):
+        """-> (num_layers, B, Q, C) if ``return_intermediate`` else (1, B, Q, C)."""
+        output = tgt
+        intermediate = []
+        for layer in self.layers:
+            output = layer(output, memory, memory_key_padding_mask=memory_key_padding_mask,
+                           pos=pos, query_pos=query_pos)
+            if self.return_intermediate:
+                intermediate.append(self.norm(output))
+        if self.return_intermediate:
+            return torch.stack(intermediate)
+        return self.norm(output).unsqueeze(0)
+
+
+class Transformer(_RecordsAttention, nn.Module):
+    """Encoder-decoder transformer of DETR.
+
+    forward(src (B, C, H, W), mask (B, H, W), query_embed (Q, C), pos_embed (B, C, H, W))
+    -> hs (num_dec_layers or 1, B, Q, C), memory (B, C, H, W)
+    """
+
+    def __init__(self, d_model: int = 512, nhead: int = 8, num_encoder_layers: int = 6,
+                 num_decoder_layers: int = 6, dim_feedforward: int = 2048, dropout: float = 0.1,
+                 normalize_before: bool = False, return_intermediate_dec: bool = False):
+        super().__init__()
+        encoder_layer = TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout, normalize_before)
+        encoder_norm = nn.LayerNorm(d_model) if normalize_before else None
+        self.encoder = TransformerEncoder(encoder_layer, num_encoder_layers, encoder_norm)
+        decoder_layer = TransformerDecoderLayer(d_model, nhead, dim_feedforward, dropout, normalize_before)
+        self.decoder = TransformerDecoder(decoder_layer, num_decoder_layers, nn.LayerNorm(d_model),
+                                          return_intermediate=return_intermediate_dec)
+        self.d_model = d_model
+        self.nhead = nhead
+        self._reset_parameters()
+
+    def _reset_parameters(self):
+        for p in self.parameters():
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+
+    def forward(self, src, mask, query_embed, pos_embed):
+        b, c, h, w = src.shape
+        if self.record_attention is not None:
+            self.record_attention("mask", mask)  # lets a notebook reshape HW back to (H, W)
+        src = src.flatten(2).transpose(1, 2)  # (B, HW, C)
+        pos_embed = pos_embed.flatten(2).transpose(1, 2)  # (B, HW, C)
+        mask = mask.flatten(1)  # (B, HW)
+        query_pos = query_embed.unsqueeze(0).expand(b, -1, -1)  # (B, Q, C)
+        tgt = torch.zeros_like(query_pos)  # the decoder starts from nothing but positions
+
+        memory = self.encoder(src, src_key_padding_mask=mask, pos=pos_embed)  # (B, HW, C)
+        hs = self.decoder(tgt, memory, memory_key_padding_mask=mask, pos=pos_embed,
+                          query_pos=query_pos)  # (L, B, Q, C)
+        return hs, memory.transpose(1, 2).reshape(b, c, h, w)
+
+
+def build_transformer(cfg) -> Transformer:
+    return Transformer(
+        d_model=cfg.hidden_dim,
+        nhead=cfg.nheads,
+        num_encoder_layers=cfg.enc_layers,
+        num_decoder_layers=cfg.dec_layers,
+        dim_feedforward=cfg.dim_feedforward,
+        dropout=cfg.dropout,
+        normalize_before=cfg.pre_norm,
+        return_intermediate_dec=True,
+    )
+
+
+# ----------------------------------------------------------------------------- attention capture
+@contextmanager
+def capture_attention(model: nn.Module):
+    """Record the attention maps of every forward pass run inside the ``with`` block.
+
+        with capture_attention(model) as maps:
+            out = model(samples)
+        maps["encoder"][l]        # (B, heads, HW, HW)  encoder self-attention of layer l
+        maps["decoder_self"][l]   # (B, heads, Q, Q)    query-to-query attention
+        maps["decoder_cross"][l]  # (B, heads, Q, HW)   query-to-pixel attention
+        maps["shape"]             # (H, W) of the feature map: reshape HW -> (H, W)
+        maps["mask"]              # (B, H, W) True on padding (those keys get weight 0)
+
+    Rows are indexed by the attending token (a pixel, or an object query), columns by
+    the attended one, pixels in row-major order. Outside the block (and by default) the
+    layers call ``nn.MultiheadAttention`` with ``need_weights=False`` and nothing is
+    computed or stored. Each new forward pass inside the block replaces the maps.
+    """
+    maps = {"encoder": [], "decoder_self": [], "decoder_cross": [], "shape": None, "mask": None}
+
+    def record(kind: str, value: torch.Tensor):
+        if kind == "mask":  # a new forward pass starts: start afresh
+            for key in ("encoder", "decoder_self", "decoder_cross"):
+                maps[key] = []
+            maps["mask"] = value.detach()
+            maps["shape"] = tuple(value.shape[-2:])
+        else:
+            maps[kind].append(value.detach())
+
+    layers = [m for m in model.modules() if isinstance(m, _RecordsAttention)]
+    previous = [m.record_attention for m in layers]
+    for m in layers:
+        m.record_attention = record
+    try:
+        yield maps
+    finally:
+        for m, prev in zip(layers, previous):
+            if prev is None:
+                del m.record_attention  # back to the class default (None)
+            else:
+                m.record_attention = prev
