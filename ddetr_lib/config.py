@@ -12,6 +12,7 @@ synthetic dataset.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -195,7 +196,7 @@ def get_config(name: str, **overrides: Any) -> Config:
     """Return the preset ``name`` with ``overrides`` applied (unknown keys raise ``ValueError``)."""
     if name not in PRESETS:
         raise ValueError(f"unknown config {name!r}; choose one of {sorted(PRESETS)}")
-    return PRESETS[name]().replace(**overrides)
+    return copy.deepcopy(PRESETS[name]()).replace(**overrides)
 
 
 def parse_override(text: str, cfg: Config) -> tuple[str, Any]:
