@@ -77,6 +77,7 @@ class Config:
     # --- data -------------------------------------------------------------------------
     train_scales: list = field(default_factory=lambda: list(COCO_TRAIN_SCALES))
     train_max_size: int = 1333
+    random_crop: bool = True  # the crop branch of the augmentation (chosen with probability 1/2)
     crop_resize_choices: list = field(default_factory=lambda: [400, 500, 600])
     crop_min: int = 384
     crop_max: int = 600
@@ -144,12 +145,17 @@ _TOY_DATA = dict(
 def _toy_detr() -> Config:
     # Trained from scratch: ordinary (trainable) BatchNorm, no frozen stages, and the
     # backbone learns at the full learning rate.
+    # Measured on the demo data (2 CPU cores): the last stage dilated (stride 16, an 8x8
+    # map at 128 px) and a looser gradient clip learn faster; the crop branch of the
+    # augmentation is off because at ~100 px it cuts most objects.
     return Config(
         name="toy_detr",
         model="detr",
         backbone="toy",
         pretrained_backbone=False,
         frozen_batchnorm=False,
+        dilation=True,
+        random_crop=False,
         hidden_dim=64,
         nheads=4,
         enc_layers=2,
@@ -159,9 +165,9 @@ def _toy_detr() -> Config:
         num_queries=20,
         lr=5e-4,
         lr_backbone=5e-4,
-        epochs=30,
-        lr_drop=25,
-        clip_max_norm=0.1,
+        epochs=24,  # about 8 minutes on 2 cores: `make demo` fits in 10
+        lr_drop=20,
+        clip_max_norm=1.0,
         batch_size=8,
         num_workers=1,
         **_TOY_DATA,

@@ -34,13 +34,16 @@ def save_prediction_figure(dataset, results: dict, path: Path, n: int = 6, score
         anns = [a for a in coco.loadAnns(coco.getAnnIds(imgIds=[image_id])) if not a.get("iscrowd", 0)]
         gt = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
         gt[:, 2:] += gt[:, :2]
-        draw_boxes(axes[0, col], image, gt, labels=[a["category_id"] for a in anns], names=names)
+        draw_boxes(axes[0, col], image, gt, labels=[a["category_id"] for a in anns], names=names,
+                   title=f"ground truth: {len(anns)}")
         det = results[image_id]
         keep = (det["scores"] >= score_threshold).nonzero().flatten()[:max_boxes]
+        title = f"predicted (score ≥ {score_threshold}): {len(keep)}"
+        if len(keep) == 0:  # an early model: show its best guesses rather than an empty picture
+            keep = det["scores"].argsort(descending=True)[:max(len(anns), 1)]
+            title = f"top {len(keep)} (all scores < {score_threshold})"
         draw_boxes(axes[1, col], image, det["boxes"][keep], labels=det["labels"][keep].tolist(),
-                   scores=det["scores"][keep].tolist(), names=names)
-    axes[0, 0].set_ylabel("ground truth")
-    axes[1, 0].set_ylabel(f"predicted (score >= {score_threshold})")
+                   scores=det["scores"][keep].tolist(), names=names, title=title)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)

@@ -215,6 +215,9 @@ def run(args: argparse.Namespace) -> dict:
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log(f"config {cfg.name}: {cfg.model}, backbone {cfg.backbone}, {cfg.num_classes} classes, "
         f"{n_params / 1e6:.2f} M trainable parameters, {get_world_size()} process(es) on {device}")
+    if not args.eval_only:
+        log(f"{cfg.epochs} epochs of {len(dataset_train)} images, batch {cfg.batch_size} x {get_world_size()}, "
+            f"lr {cfg.lr:g} (x0.1 after epoch {cfg.lr_drop}), output in {out_dir}")
 
     optimizer = torch.optim.AdamW(build_param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, cfg.lr_drop, gamma=0.1)
@@ -241,7 +244,7 @@ def run(args: argparse.Namespace) -> dict:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     loader_val = make_loader(dataset_val, cfg, train=False, seed=args.seed)
-    progress = not args.no_progress
+    progress = not args.no_progress and sys.stderr.isatty()  # no bars in log files
     stats: dict = {}
     results: dict = {}
 

@@ -62,7 +62,8 @@ def _assert_one_line_naming(err: pytest.ExceptionInfo, name: str) -> None:
 
 
 def _cfg(**kw):
-    return get_config("toy_detr", **kw)
+    # the official recipe's pipeline, crop branch included
+    return get_config("toy_detr", **{"random_crop": True, **kw})
 
 
 # --------------------------------------------------------------------------- a COCO-quirks set

@@ -105,7 +105,7 @@ def test_train_backbone_false_freezes_the_whole_backbone():
 
 @pytest.mark.parametrize("name, channels", [("toy", [32, 64, 128]), ("resnet18", [128, 256, 512])])
 def test_intermediate_layers_strides_and_channels(name, channels):
-    cfg = get_config("toy_detr", backbone=name, toy_widths=(16, 32, 64, 128),
+    cfg = get_config("toy_detr", backbone=name, toy_widths=(16, 32, 64, 128), dilation=False,
                      frozen_batchnorm=name != "toy")
     joiner = build_backbone(cfg, return_interm_layers=True)
     assert joiner.strides == [8, 16, 32] and joiner.num_channels == channels
@@ -320,7 +320,8 @@ def test_capture_attention_shapes_and_identical_outputs(toy_model, toy_cfg, padd
         # the same computation, up to float32 rounding.
         torch.testing.assert_close(captured[k], plain[k], rtol=1e-5, atol=1e-5)
     h, w = maps["shape"]
-    assert (h, w) == (128 // 32, 128 // 32)
+    stride = 16 if toy_cfg.dilation else 32  # a dilated last stage keeps stride 16
+    assert (h, w) == (128 // stride, 128 // stride)
     assert maps["mask"].shape == (2, h, w)
     heads, q = toy_cfg.nheads, toy_cfg.num_queries
     assert len(maps["encoder"]) == toy_cfg.enc_layers

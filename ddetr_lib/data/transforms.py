@@ -190,7 +190,7 @@ def make_transforms(image_set: str, cfg) -> v2.Compose:
     """The train or val pipeline, sizes taken from ``cfg`` (a :class:`~ddetr_lib.config.Config`).
 
     Uses ``cfg.train_scales``, ``train_max_size``, ``crop_resize_choices``,
-    ``crop_min``, ``crop_max`` (train) and ``val_size``, ``val_max_size`` (val).
+    ``crop_min``, ``crop_max``, ``random_crop`` (train) and ``val_size``, ``val_max_size`` (val).
     Call as ``image, target = transforms(image, target)``.
     """
     if image_set == "train":
@@ -206,7 +206,7 @@ def make_transforms(image_set: str, cfg) -> v2.Compose:
             [
                 v2.ToImage(),  # PIL -> tv_tensors.Image (3, H, W) uint8
                 v2.RandomHorizontalFlip(p=0.5),
-                v2.RandomChoice([multi_scale, crop_then_scale]),
+                v2.RandomChoice([multi_scale, crop_then_scale]) if cfg.random_crop else multi_scale,
                 *_normalize_steps(),
             ]
         )
