@@ -4,7 +4,7 @@ A step is: forward, criterion (Hungarian matching + losses, auxiliary included),
 backward, gradient clipping and an AdamW update, on a batch of random images of
 slightly different sizes (so padding masks are exercised) with random targets.
 
-    python benchmarks/toy_step.py                    # toy_detr (and toy_deformable_detr once it exists)
+    python benchmarks/toy_step.py                    # toy_detr and toy_deformable_detr
     python benchmarks/toy_step.py --configs toy_detr --batch-size 8 --steps 20
 
 Prints the median step time in ms per config.

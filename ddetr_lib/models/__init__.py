@@ -1,6 +1,6 @@
 """Models: build a detector, its loss and its post-processor from a config.
 
-    model = build_model(cfg)              # DETR (cfg.model == "detr")
+    model = build_model(cfg)              # DETR or Deformable DETR (cfg.model)
     criterion = build_criterion(cfg)      # Hungarian matching + set losses, .weight_dict
     postprocessor = build_postprocessor(cfg)
 
@@ -8,25 +8,33 @@
     losses = criterion(outputs, targets)  # targets: [{"labels": (N,), "boxes": (N, 4) cxcywh}]
     loss = sum(losses[k] * criterion.weight_dict[k] for k in criterion.weight_dict if k in losses)
     results = postprocessor(outputs, orig_sizes)  # orig_sizes (B, 2) as (h, w)
+
+Looking inside: ``capture_attention(model)`` (DETR's attention maps) and
+``capture_deformable(model)`` (Deformable DETR's sampling locations, attention weights,
+reference points and two-stage proposals); ``set_attention_backend(model, "torch")``
+runs deformable attention with the PyTorch reference instead of the Numba kernel.
 """
 from __future__ import annotations
 
 from ddetr_lib.models.backbone import build_backbone
 from ddetr_lib.models.checkpoint import load_official_checkpoint
 from ddetr_lib.models.criterion import SetCriterion, build_weight_dict
+from ddetr_lib.models.deformable_detr import (DeformableDETR, PostProcessDeformable, capture_deformable,
+                                              set_attention_backend)
+from ddetr_lib.models.deformable_transformer import DeformableTransformer, build_deformable_transformer
 from ddetr_lib.models.detr import DETR, MLP, PostProcess
 from ddetr_lib.models.matcher import HungarianMatcher, build_matcher
 from ddetr_lib.models.position_encoding import build_position_encoding
+from ddetr_lib.models.ms_deform_attn import MSDeformAttn
 from ddetr_lib.models.transformer import Transformer, build_transformer, capture_attention
 
 __all__ = [
     "build_model", "build_criterion", "build_postprocessor", "build_backbone", "build_transformer",
     "build_position_encoding", "build_matcher", "DETR", "MLP", "PostProcess", "SetCriterion",
     "HungarianMatcher", "Transformer", "capture_attention", "load_official_checkpoint",
+    "DeformableDETR", "DeformableTransformer", "MSDeformAttn", "PostProcessDeformable", "capture_deformable",
+    "set_attention_backend", "build_deformable_transformer",
 ]
-
-_DEFORMABLE_MSG = "Deformable DETR arrives with the model-family issue"
-
 
 def build_model(cfg):
     """The detector described by ``cfg`` (randomly initialised, apart from the backbone's
@@ -37,7 +45,12 @@ def build_model(cfg):
         return DETR(backbone, transformer, num_classes=cfg.num_classes, num_queries=cfg.num_queries,
                     aux_loss=cfg.aux_loss)
     if cfg.model == "deformable_detr":
-        raise NotImplementedError(_DEFORMABLE_MSG)
+        # C3-C5 for the multi-scale model; C5 alone for the single-scale variant.
+        backbone = build_backbone(cfg, return_interm_layers=cfg.num_feature_levels > 1)
+        transformer = build_deformable_transformer(cfg)
+        return DeformableDETR(backbone, transformer, num_classes=cfg.num_classes, num_queries=cfg.num_queries,
+                              num_feature_levels=cfg.num_feature_levels, aux_loss=cfg.aux_loss,
+                              with_box_refine=cfg.with_box_refine, two_stage=cfg.two_stage)
     raise ValueError(f"model: unknown {cfg.model!r}; use 'detr' or 'deformable_detr'")
 
 
@@ -47,7 +60,10 @@ def build_criterion(cfg) -> SetCriterion:
         return SetCriterion(cfg.num_classes, matcher, build_weight_dict(cfg), eos_coef=cfg.eos_coef,
                             losses=("labels", "boxes", "cardinality"))
     if cfg.model == "deformable_detr":
-        raise NotImplementedError(_DEFORMABLE_MSG)
+        # Sigmoid focal loss, focal class cost; "_enc" losses for the two-stage proposals.
+        matcher = build_matcher(cfg, focal=True)
+        return SetCriterion(cfg.num_classes, matcher, build_weight_dict(cfg), losses=("labels", "boxes", "cardinality"),
+                            focal_loss=True, focal_alpha=cfg.focal_alpha)
     raise ValueError(f"model: unknown {cfg.model!r}; use 'detr' or 'deformable_detr'")
 
 
@@ -55,5 +71,5 @@ def build_postprocessor(cfg):
     if cfg.model == "detr":
         return PostProcess()
     if cfg.model == "deformable_detr":
-        raise NotImplementedError(_DEFORMABLE_MSG)
+        return PostProcessDeformable(num_select=100)
     raise ValueError(f"model: unknown {cfg.model!r}; use 'detr' or 'deformable_detr'")

@@ -10,7 +10,9 @@
 3. Regress the matched boxes: L1 on (cx, cy, w, h) and 1 - GIoU, each summed over the
    matched pairs and divided by the number of target boxes in the batch (averaged over
    processes, so every GPU uses the same normaliser).
-4. Repeat 1-3 for every earlier decoder layer (auxiliary losses, suffix ``_{i}``).
+4. Repeat 1-3 for every earlier decoder layer (auxiliary losses, suffix ``_{i}``)
+   and, for two-stage Deformable DETR, for the encoder proposals (suffix ``_enc``,
+   class-agnostic: every target counts as class 0).
 
 ``cardinality_error`` (|predicted non-empty queries - targets|) and ``class_error``
 (100 - accuracy on matched queries) are logged, not optimised.
@@ -137,6 +139,17 @@ class SetCriterion(nn.Module):
                 kwargs = {"log": False} if loss == "labels" else {}
                 l_dict = self.get_loss(loss, aux_outputs, targets, indices, num_boxes, **kwargs)
                 losses.update({f"{k}_{i}": v for k, v in l_dict.items()})
+
+        # Two-stage: the encoder's proposals, matched class-agnostically (every target
+        # gets label 0: the encoder only says "object here", as in the official code).
+        if "enc_outputs" in outputs:
+            enc_outputs = outputs["enc_outputs"]
+            bin_targets = [{**t, "labels": torch.zeros_like(t["labels"])} for t in targets]
+            indices = self.matcher(enc_outputs, bin_targets)
+            for loss in self.losses:
+                kwargs = {"log": False} if loss == "labels" else {}
+                l_dict = self.get_loss(loss, enc_outputs, bin_targets, indices, num_boxes, **kwargs)
+                losses.update({f"{k}_enc": v for k, v in l_dict.items()})
         return losses
 
 
@@ -146,5 +159,7 @@ def build_weight_dict(cfg) -> dict:
         aux = {}
         for i in range(cfg.dec_layers - 1):
             aux.update({f"{k}_{i}": v for k, v in weight_dict.items()})
+        if getattr(cfg, "two_stage", False) and cfg.model == "deformable_detr":
+            aux.update({f"{k}_enc": v for k, v in weight_dict.items()})
         weight_dict.update(aux)
     return weight_dict

@@ -8,7 +8,8 @@ and keys of every attention layer. Two variants, as in the paper:
   "Attention is all you need" encoding. Half of the channels encode y, half encode x.
   Positions are counted *over the real image only* (cumulative sums over the
   non-padded mask), then normalised to ``(0, 2*pi]`` so that an image padded into a
-  larger batch gets the same encoding as the image on its own::
+  larger batch gets the same encoding as the image on its own (Deformable DETR's
+  official code first subtracts 0.5 from the count: ``offset=-0.5``)::
 
       y_embed[i, j] = (number of valid rows up to i) / (valid height + eps) * 2*pi
       dim_t[k]      = temperature ** (2 * (k // 2) / num_pos_feats)
@@ -32,11 +33,14 @@ class PositionEmbeddingSine(nn.Module):
     """Fixed sine/cosine encoding of (y, x), normalised by the unpadded image size."""
 
     def __init__(self, num_pos_feats: int = 128, temperature: float = 10000.0, normalize: bool = True,
-                 scale: float | None = None):
+                 scale: float | None = None, offset: float = 0.0):
         super().__init__()
         if scale is not None and not normalize:
             raise ValueError("scale: only meaningful with normalize=True")
         self.num_pos_feats = num_pos_feats
+        # Deformable DETR's official code shifts the 1-based count by -0.5 before
+        # normalising (the pixel centre); DETR's does not (offset 0).
+        self.offset = offset
         self.temperature = temperature
         self.normalize = normalize
         self.scale = 2 * math.pi if scale is None else scale
@@ -50,8 +54,8 @@ class PositionEmbeddingSine(nn.Module):
         if self.normalize:
             eps = 1e-6
             # The last valid row / column holds the valid size: divide to get (0, 1].
-            y_embed = y_embed / (y_embed[:, -1:, :] + eps) * self.scale
-            x_embed = x_embed / (x_embed[:, :, -1:] + eps) * self.scale
+            y_embed = (y_embed + self.offset) / (y_embed[:, -1:, :] + eps) * self.scale
+            x_embed = (x_embed + self.offset) / (x_embed[:, :, -1:] + eps) * self.scale
 
         dim_t = torch.arange(self.num_pos_feats, dtype=torch.float32, device=mask.device)  # (F,)
         dim_t = self.temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / self.num_pos_feats)
@@ -97,7 +101,9 @@ def build_position_encoding(cfg) -> nn.Module:
     """``cfg.position_embedding``: ``"sine"`` (alias ``"v2"``) or ``"learned"`` (alias ``"v3"``)."""
     n_steps = cfg.hidden_dim // 2
     if cfg.position_embedding in ("sine", "v2"):
-        return PositionEmbeddingSine(n_steps, normalize=True)
+        # Deformable DETR (official code) encodes pixel centres: offset -0.5.
+        offset = -0.5 if getattr(cfg, "model", "detr") == "deformable_detr" else 0.0
+        return PositionEmbeddingSine(n_steps, normalize=True, offset=offset)
     if cfg.position_embedding in ("learned", "v3"):
         return PositionEmbeddingLearned(n_steps)
     raise ValueError(f"position_embedding: unknown {cfg.position_embedding!r}; use 'sine' or 'learned'")
