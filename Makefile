@@ -11,7 +11,7 @@ STAMP   = $(VENV)/.installed
 # `ddetr_lib.kernels` and never shadow the PyPI package named `kernels`.
 export PYTHONSAFEPATH = 1
 
-DEMO_CONFIG ?= toy_detr
+DEMO_CONFIG ?= toy_deformable_detr
 DEMO_DATA   ?= data/synthetic_demo
 DEMO_OUT    ?= outputs/demo
 DEMO_ARGS   ?=

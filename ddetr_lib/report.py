@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 
-def save_prediction_figure(dataset, results: dict, path: Path, n: int = 6, score_threshold: float = 0.5,
+def save_prediction_figure(dataset, results: dict, path: Path, n: int = 6, score_threshold: float = 0.3,
                            max_boxes: int = 30) -> Path:
     """Save a 2 x ``n`` grid: ground truth (top) and predictions with score >= threshold (bottom).
 
