@@ -30,7 +30,7 @@ from torch import nn
 
 from ddetr_lib import box_ops
 from ddetr_lib.models.deformable_transformer import DeformableTransformer, inverse_sigmoid
-from ddetr_lib.models.detr import MLP
+from ddetr_lib.models.detr import MLP, check_target_sizes
 from ddetr_lib.models.ms_deform_attn import MSDeformAttn
 from ddetr_lib.utils import NestedTensor, to_nested_tensor
 
@@ -182,10 +182,7 @@ class PostProcessDeformable(nn.Module):
     def forward(self, outputs: dict, target_sizes: torch.Tensor) -> list[dict]:
         """target_sizes: (B, 2) as (h, w). -> [{"scores": (K,), "labels": (K,), "boxes": (K, 4)}]"""
         out_logits, out_bbox = outputs["pred_logits"], outputs["pred_boxes"]
-        if len(out_logits) != len(target_sizes):
-            raise ValueError(f"target_sizes: {len(target_sizes)} sizes for a batch of {len(out_logits)}")
-        if target_sizes.dim() != 2 or target_sizes.shape[1] != 2:
-            raise ValueError(f"target_sizes: expected (B, 2) as (h, w), got {tuple(target_sizes.shape)}")
+        check_target_sizes(target_sizes, len(out_logits))
         b, q, c = out_logits.shape
         prob = out_logits.sigmoid().reshape(b, q * c)  # (B, Q*C)
         scores, index = torch.topk(prob, min(self.num_select, q * c), dim=1)  # (B, K)

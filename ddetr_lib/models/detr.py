@@ -78,6 +78,14 @@ class DETR(nn.Module):
         return [{"pred_logits": a, "pred_boxes": b} for a, b in zip(outputs_class[:-1], outputs_coord[:-1])]
 
 
+def check_target_sizes(target_sizes: torch.Tensor, batch_size: int) -> None:
+    """A postprocessor's ``target_sizes`` must be (B, 2) rows of (h, w), one per image."""
+    if target_sizes.dim() != 2 or target_sizes.shape[1] != 2:
+        raise ValueError(f"target_sizes: expected (B, 2) as (h, w), got {tuple(target_sizes.shape)}")
+    if len(target_sizes) != batch_size:
+        raise ValueError(f"target_sizes: {len(target_sizes)} sizes for a batch of {batch_size}")
+
+
 class PostProcess(nn.Module):
     """Turn DETR outputs into COCO-style detections.
 
@@ -90,10 +98,7 @@ class PostProcess(nn.Module):
     def forward(self, outputs: dict, target_sizes: torch.Tensor) -> list[dict]:
         """target_sizes: (B, 2) as (h, w). -> [{"scores": (Q,), "labels": (Q,), "boxes": (Q, 4)}]"""
         out_logits, out_bbox = outputs["pred_logits"], outputs["pred_boxes"]
-        if len(out_logits) != len(target_sizes):
-            raise ValueError(f"target_sizes: {len(target_sizes)} sizes for a batch of {len(out_logits)}")
-        if target_sizes.dim() != 2 or target_sizes.shape[1] != 2:
-            raise ValueError(f"target_sizes: expected (B, 2) as (h, w), got {tuple(target_sizes.shape)}")
+        check_target_sizes(target_sizes, len(out_logits))
         prob = F.softmax(out_logits, -1)
         scores, labels = prob[..., :-1].max(-1)  # (B, Q), (B, Q)
         boxes = box_ops.scale_boxes(box_ops.box_cxcywh_to_xyxy(out_bbox), target_sizes)  # (B, Q, 4)
