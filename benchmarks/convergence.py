@@ -161,9 +161,9 @@ def read_curve(log_jsonl: Path) -> dict:
     from ddetr_lib.engine import COCO_STAT_NAMES
 
     curve = {"epoch": [], "train_time_s": [], "loss": [], **{m: [] for m in METRICS}, "coco_stats": []}
+    entries = [json.loads(line) for line in log_jsonl.read_text().splitlines()]
     elapsed = 0.0
-    for line in log_jsonl.read_text().splitlines():
-        entry = json.loads(line)
+    for entry in entries:
         elapsed += entry["train_time_s"]
         if "test_AP" not in entry:
             continue
@@ -173,7 +173,6 @@ def read_curve(log_jsonl: Path) -> dict:
         for m in METRICS:
             curve[m].append(round(entry[f"test_{m}"], 4))
         curve["coco_stats"].append({k: round(entry[f"test_{k}"], 4) for k in COCO_STAT_NAMES})
-    entries = [json.loads(line) for line in log_jsonl.read_text().splitlines()]
     curve["epoch_s"] = round(elapsed / max(1, len(entries)), 2)  # mean training seconds per epoch
     curve["step_ms"] = round(1000 * sum(e.get("train_step_s", 0.0) for e in entries) / max(1, len(entries)), 1)
     return curve
