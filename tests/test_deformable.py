@@ -3,7 +3,6 @@ implementation, reference points and valid ratios by hand, forward of every vari
 Numba vs PyTorch backend, capture, criterion, post-processing, and (when installed)
 equivalence with ``transformers``' independent implementation."""
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,18 +15,7 @@ from ddetr_lib.models.deformable_transformer import encoder_proposals, encoder_r
 from ddetr_lib.models.ms_deform_attn import MSDeformAttn
 from ddetr_lib.utils import nested_tensor_from_tensor_list
 
-REFERENCE = Path(__file__).parent / "reference"
-
-
-def key_lines(state_dict):
-    def shape(t):
-        dims = tuple(t.shape)
-        return "(" + ", ".join(map(str, dims)) + ("," if len(dims) == 1 else "") + ")"
-    return [f"{k} {shape(v)}" for k, v in state_dict.items()]
-
-
-def read_reference(path):
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+from _official_keys import REFERENCE, key_lines, read_reference
 
 
 VARIANTS = {

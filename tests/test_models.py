@@ -17,20 +17,9 @@ from ddetr_lib.models.checkpoint import load_official_checkpoint
 from ddetr_lib.models.position_encoding import PositionEmbeddingLearned, PositionEmbeddingSine
 from ddetr_lib.utils import NestedTensor, nested_tensor_from_tensor_list
 
-REFERENCE = Path(__file__).parent / "reference"
+from _official_keys import REFERENCE, key_lines, read_reference
+
 SHARED_REFERENCE = Path(__file__).parents[1].parent / "shared" / "reference"
-
-
-def key_lines(state_dict):
-    """Format as the reference files: ``name (d0, d1, ...)``, ``(d,)`` for 1-d."""
-    def shape(t):
-        dims = tuple(t.shape)
-        return "(" + ", ".join(map(str, dims)) + ("," if len(dims) == 1 else "") + ")"
-    return [f"{k} {shape(v)}" for k, v in state_dict.items()]
-
-
-def read_reference(path):
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
 @pytest.fixture(scope="module")
