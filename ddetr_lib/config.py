@@ -190,6 +190,21 @@ def _toy_deformable_detr() -> Config:
     )
 
 
+# The paper's variants at toy size (Table 1 of the paper in miniature): the same
+# recipe, data and budget as `toy_deformable_detr`, one switch each.
+def _toy_deformable_detr_single_scale() -> Config:
+    return _toy_deformable_detr().replace(name="toy_deformable_detr_single_scale", num_feature_levels=1)
+
+
+def _toy_deformable_detr_refine() -> Config:
+    return _toy_deformable_detr().replace(name="toy_deformable_detr_refine", with_box_refine=True)
+
+
+def _toy_deformable_detr_refine_two_stage() -> Config:
+    return _toy_deformable_detr().replace(name="toy_deformable_detr_refine_two_stage", with_box_refine=True,
+                                          two_stage=True)
+
+
 PRESETS = {
     "detr_r50": _detr_r50,
     "deformable_detr_r50": _deformable_detr_r50,
@@ -198,6 +213,9 @@ PRESETS = {
     "deformable_detr_r50_refine_two_stage": _deformable_detr_r50_refine_two_stage,
     "toy_detr": _toy_detr,
     "toy_deformable_detr": _toy_deformable_detr,
+    "toy_deformable_detr_single_scale": _toy_deformable_detr_single_scale,
+    "toy_deformable_detr_refine": _toy_deformable_detr_refine,
+    "toy_deformable_detr_refine_two_stage": _toy_deformable_detr_refine_two_stage,
 }
 
 

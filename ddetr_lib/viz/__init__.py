@@ -1,0 +1,1 @@
+"""Pictures of what the models do (filled by the visualization issue)."""
