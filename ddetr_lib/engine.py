@@ -21,6 +21,7 @@ from typing import Iterable
 import torch
 from tqdm.auto import tqdm
 
+from ddetr_lib.box_ops import box_xyxy_to_xywh
 from ddetr_lib.utils import all_gather_object, get_world_size, is_dist_avail_and_initialized, is_main_process
 
 # The 12 numbers of COCOeval.summarize(), in its order.
@@ -124,8 +125,7 @@ def detections_to_coco(results: dict) -> list[dict]:
     """``{image_id: {scores, labels, boxes xyxy}}`` -> COCO result records (boxes as x, y, w, h)."""
     records = []
     for image_id, det in results.items():
-        boxes = det["boxes"].clone()
-        boxes[:, 2:] -= boxes[:, :2]
+        boxes = box_xyxy_to_xywh(det["boxes"])  # COCO results: (x, y, w, h)
         for box, score, label in zip(boxes.tolist(), det["scores"].tolist(), det["labels"].tolist()):
             records.append({"image_id": image_id, "category_id": int(label), "bbox": box, "score": float(score)})
     return records
