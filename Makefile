@@ -41,7 +41,7 @@ lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/
 
 bench: $(STAMP)
-	$(PY) -m ddetr_lib.kernels.bench
+	$(PY) benchmarks/kernel_bench.py
 
 gpu-check:
 	bash scripts/gpu_check.sh
