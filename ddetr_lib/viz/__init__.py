@@ -20,5 +20,5 @@ from ddetr_lib.viz.detr_attention import plot_detr_decoder_attention, plot_detr_
 from ddetr_lib.viz.sampling import (QueryPoints, draw_query_sampling, encoder_cell_box, encoder_query_at,  # noqa: F401
                                     encoder_query_cell, encoder_query_index, padded_to_image_pixels,
                                     plot_query_sampling, query_points, reference_points_to_pixels,
-                                    sampling_locations_to_pixels, to_level_pixels, valid_level_sizes)
+                                    sampling_locations_to_pixels, to_level_coords, valid_level_sizes)
 # --- end h4-explorer ---
