@@ -19,3 +19,9 @@ from ddetr_lib.viz.deformable import (initial_sampling_locations, plot_initial_v
                                      plot_sampling_density, plot_two_stage, refinement_track, sampling_density,
                                      two_stage_proposals)
 # --- end h3-viz ---
+# --- sampling points (Fig. 6) and the interactive explorer (h4-explorer) ---
+from ddetr_lib.viz.sampling import (QueryPoints, draw_query_sampling, encoder_cell_box, encoder_query_at,  # noqa: F401
+                                    encoder_query_cell, encoder_query_index, padded_to_image_pixels,
+                                    plot_query_sampling, query_points, reference_points_to_pixels,
+                                    sampling_locations_to_pixels, to_level_coords, valid_level_sizes)
+# --- end h4-explorer ---
