@@ -7,9 +7,9 @@ few images and returns its outputs with that record. Positions are normalised by
 image's *unpadded* size, so a figure is right for any image of a padded batch.
 """
 # --- images, boxes, forward pass with capture, static figures (h3-viz) ---
-from ddetr_lib.viz.images import (box_patch, boxes_to_pixels, class_colour, image_extent, denormalize, draw_boxes,  # noqa: F401
-                                  make_synthetic_examples_figure, plot_dataset_examples, save_prediction_figure,
-                                  show_image, to_numpy_image)
+from ddetr_lib.viz.images import (box_patch, boxes_to_pixels, class_colour, denormalize, draw_boxes,  # noqa: F401
+                                  image_extent, make_synthetic_examples_figure, plot_dataset_examples,
+                                  save_prediction_figure, show_image, to_numpy_image)
 from ddetr_lib.viz.common import (CapturedRun, confident_queries, model_input, query_scores,  # noqa: F401
                                   run_with_capture)
 from ddetr_lib.viz.curves import plot_learning_curves, read_log  # noqa: F401
