@@ -105,8 +105,8 @@ def _draw_pattern(ax, image, xy: np.ndarray, weights: np.ndarray, ref_xy: np.nda
             ax.plot(ray[:, 0], ray[:, 1], color=head_colours[m], linewidth=0.8, alpha=0.55, zorder=2)
             ax.scatter(xy[m, lvl, :, 0], xy[m, lvl, :, 1], s=12 + 90 * weights[m, lvl] / wmax,
                        color=head_colours[m], marker=LEVEL_MARKERS[lvl % len(LEVEL_MARKERS)],
-                       edgecolors="white", linewidths=0.5, zorder=3)
-    ax.plot(*ref_xy, marker="x", color="red", markersize=10, markeredgewidth=2.5, zorder=4)
+                       edgecolors="white", linewidths=0.5, zorder=3, gid=f"points_head{m}_level{lvl}")
+    ax.plot(*ref_xy, marker="x", color="red", markersize=10, markeredgewidth=2.5, zorder=4, gid="reference_point")
     pad = 0.03 * max(h, w)
     x0, y0 = min(0.0, frame[:, 0].min() - pad), min(0.0, frame[:, 1].min() - pad)
     x1, y1 = max(float(w), frame[:, 0].max() + pad), max(float(h), frame[:, 1].max() + pad)
@@ -240,25 +240,28 @@ def plot_refinement(record: Mapping, outputs: Mapping, image, batch_index: int =
     drawn = []
     if gt_box is not None:
         g = (_xyxy(gt_box) * scale)[0]
-        ax.add_patch(box_patch(g, edgecolor="white", linewidth=3, label=f"ground truth ({_name(gt_label, names)})"))
+        ax.add_patch(box_patch(g, edgecolor="white", linewidth=3, label=f"ground truth ({_name(gt_label, names)})",
+                               gid="ground_truth"))
         drawn.append(g)
     for l in range(n_layers):
         if len(refs[l]) == 4:
             b = (_xyxy(refs[l]) * scale)[0]
-            ax.add_patch(box_patch(b, edgecolor=colours[l], linewidth=1.4, label=f"reference box, layer {l}"))
+            ax.add_patch(box_patch(b, edgecolor=colours[l], linewidth=1.4, label=f"reference box, layer {l}",
+                                   gid=f"reference_box_{l}"))
             drawn.append(b)
         else:
             cx, cy = refs[l][0].item() * w, refs[l][1].item() * h
             same = l > 0 and torch.equal(refs[l], refs[0])
             ax.plot(cx, cy, marker="o", color=colours[l], markeredgecolor="white", markersize=7, linestyle="none",
-                    label=None if same else f"reference point, layer {l}", zorder=5)
+                    label=None if same else f"reference point, layer {l}", zorder=5, gid=f"reference_point_{l}")
             if not boxes_as_refs and l < n_layers - 1:
                 b = (_xyxy(preds[l]) * scale)[0]
                 ax.add_patch(box_patch(b, edgecolor=colours[l], linewidth=1.2, linestyle="--",
-                                       label=f"prediction, layer {l}"))
+                                       label=f"prediction, layer {l}", gid=f"prediction_{l}"))
                 drawn.append(b)
     final = (_xyxy(preds[-1]) * scale)[0]
-    ax.add_patch(box_patch(final, edgecolor="orangered", linewidth=2.4, label=f"final box (layer {n_layers - 1})"))
+    ax.add_patch(box_patch(final, edgecolor="orangered", linewidth=2.4, label=f"final box (layer {n_layers - 1})",
+                           gid="final_box"))
     drawn.append(final)
     scores, labels = query_scores(outputs, batch_index, focal=True)
     ax.set_title(f"query {query}: {_name(int(labels[query]), names)} {scores[query]:.2f}", fontsize=9)
@@ -280,10 +283,11 @@ def plot_refinement(record: Mapping, outputs: Mapping, image, batch_index: int =
     ref_name = "ground truth" if gt_box is not None else "final box"
     layers = np.arange(n_layers)
     ax_iou.plot(layers, box_iou(_xyxy(preds), _xyxy(reference))[:, 0].numpy(), marker="o", color="orangered",
-                label="predicted box of the layer")
+                label="predicted box of the layer", gid="iou_predictions")
     if boxes_as_refs:
         ious = [box_iou(_xyxy(r), _xyxy(reference))[0, 0].item() if len(r) == 4 else np.nan for r in refs]
-        ax_iou.plot(layers, ious, marker="s", color="tab:green", label="reference box given to the layer")
+        ax_iou.plot(layers, ious, marker="s", color="tab:green", label="reference box given to the layer",
+                    gid="iou_references")
     ax_iou.set_xticks(layers)
     ax_iou.set_xlabel("decoder layer")
     ax_iou.set_ylabel(f"IoU with the {ref_name}")
@@ -335,7 +339,7 @@ def plot_two_stage(record: Mapping, outputs: Mapping, image, batch_index: int = 
     boxes = boxes_to_pixels(props["boxes"], (h, w))
     for i in scores.argsort().tolist():  # best on top
         axes[0].add_patch(box_patch(boxes[i], edgecolor=colours(norm(scores[i].item())),
-                                    linewidth=0.6 + 1.6 * norm(scores[i].item())))
+                                    linewidth=0.6 + 1.6 * norm(scores[i].item()), gid="proposal"))
     fig.colorbar(ScalarMappable(norm=norm, cmap=colours), ax=axes[0], fraction=0.046, pad=0.02,
                  label="proposal score")
     axes[0].set_title(f"encoder: top {len(scores)} proposals\n(they become the decoder's reference boxes)",
@@ -403,10 +407,12 @@ def plot_sampling_density(record: Mapping, outputs: Mapping, image, batch_index:
     fig = ax.figure
     h, w = show_image(ax, image)
     im = ax.imshow(density, extent=image_extent(h, w), cmap=_fading(cmap), interpolation="bilinear", vmin=0)
+    im.set_gid("density")
     scores, labels = query_scores(outputs, batch_index, focal=True)
     for q in queries.tolist():
         ax.add_patch(box_patch(boxes_to_pixels(outputs["pred_boxes"][batch_index, q:q + 1].detach().cpu(),
-                                               (h, w))[0], edgecolor=class_colour(int(labels[q])), linewidth=1.2))
+                                               (h, w))[0], edgecolor=class_colour(int(labels[q])), linewidth=1.2,
+                               gid="detection"))
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label="share of attention per cell")
     n_layers = len(record["decoder"])
     note = f"\n({outside} of their points fall outside the image)" if outside else ""

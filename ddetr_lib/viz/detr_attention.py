@@ -48,7 +48,7 @@ def attention_image(weights: torch.Tensor, maps: dict, batch_index: int) -> np.n
 def _overlay(ax, heat: np.ndarray, size_hw, cmap="inferno", alpha=0.6, vmax=None):
     h, w = size_hw
     return ax.imshow(heat, extent=image_extent(h, w), cmap=cmap, alpha=alpha, vmin=0, vmax=vmax,
-                     interpolation="nearest")
+                     interpolation="nearest", gid="attention")
 
 
 def pixel_to_cell(point_xy, size_hw, valid_hw) -> tuple[int, int]:

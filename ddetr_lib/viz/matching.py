@@ -74,14 +74,14 @@ def plot_matching(image, outputs: dict, targets: Sequence[dict], matcher, batch_
         for q in sorted(set(range(len(pred))) - set(queries)):
             ax.add_patch(box_patch(pred[q], edgecolor=(1, 1, 1, 0.35), linewidth=0.6, linestyle=":"))
     for box in gt:
-        ax.add_patch(box_patch(box, edgecolor="white", linewidth=2.2))
+        ax.add_patch(box_patch(box, edgecolor="white", linewidth=2.2, gid="ground_truth"))
     for k, (q, j) in enumerate(zip(queries, matched)):
         c = palette(k % 10)
-        ax.add_patch(box_patch(pred[q], edgecolor=c, linewidth=1.6, linestyle="--"))
+        ax.add_patch(box_patch(pred[q], edgecolor=c, linewidth=1.6, linestyle="--", gid="matched_prediction"))
         x0, y0, x1, y1 = pred[q].tolist()
         pc = ((x0 + x1) / 2, (y0 + y1) / 2)  # box centres
         gc = ((gt[j, 0] + gt[j, 2]).item() / 2, (gt[j, 1] + gt[j, 3]).item() / 2)
-        ax.plot([pc[0], gc[0]], [pc[1], gc[1]], color=c, linewidth=1.8)
+        ax.plot([pc[0], gc[0]], [pc[1], gc[1]], color=c, linewidth=1.8, gid="assignment")
         ax.plot(*gc, marker="o", color="white", markeredgecolor=c, markersize=5)
         ax.text(pc[0], pc[1], str(k), color="black", fontsize=7, ha="center", va="center",
                 bbox=dict(boxstyle="circle,pad=0.15", facecolor=c, edgecolor="none"))
