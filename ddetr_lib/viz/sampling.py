@@ -14,14 +14,16 @@ unpadded image, the same normalised coordinates in which boxes are predicted. Th
 not change when an image is resized, so one rule draws on the image the model saw and
 on the original photo alike: give the size of the picture you draw on.
 
-Pixel convention (matplotlib's ``imshow``): pixel (i, j) covers [j - 0.5, j + 0.5] x
-[i - 0.5, i + 0.5], so a normalised coordinate u becomes ``u * W - 0.5``. On a level's
-own map that is the kernel's rule ``pixel = loc * size - 0.5``.
+Pixel coordinates are those of the whole package (``ddetr_lib.viz.common``): an image
+is drawn over the extent ``(0, W, H, 0)``, pixel (i, j) covers [j, j + 1] x [i, i + 1], so
+a normalised coordinate u sits at ``u * W``. On a level's own map the same rule gives
+``loc * size``; the kernel's bilinear pixel index is that minus 0.5 (its centre rule
+``pixel = loc * size - 0.5``).
 
     points = query_points(record, "decoder", layer=1, query=7, batch_index=0, size=(h, w))
     points.xy         (M, L, P, 2)  image pixels (x, y)
     points.weights    (M, L, P)
-    points.level_xy   (M, L, P, 2)  pixels of each level's map
+    points.level_xy   (M, L, P, 2)  coordinates on each level's map (cell (i, j) = [j, j+1] x [i, i+1])
     fig = plot_query_sampling(image, record, "decoder", 1, 7, outputs=outputs)
 """
 from __future__ import annotations
@@ -42,13 +44,13 @@ def padded_to_image_pixels(xy, valid_ratios, size) -> torch.Tensor:
     xy: (..., 2); valid_ratios: (w, h) ratios of the level each point is on, broadcastable
     to ``xy`` (e.g. (L, 1, 2) for (L, P, 2) points); size: (h, w) of the picture drawn on
     (the image the model saw, or the original before resizing).
-    -> (..., 2) pixel coordinates (x, y), pixel centres at integers.
+    -> (..., 2) pixel coordinates (x, y) on the extent (0, W, H, 0).
     """
     xy = torch.as_tensor(xy, dtype=torch.float64)
     ratios = torch.as_tensor(valid_ratios, dtype=torch.float64)
     h, w = (float(v) for v in size)
     scale = torch.tensor([w, h], dtype=torch.float64)
-    return xy / ratios * scale - 0.5
+    return xy / ratios * scale
 
 
 def sampling_locations_to_pixels(locations, valid_ratios, size) -> torch.Tensor:
@@ -75,12 +77,13 @@ def reference_points_to_pixels(reference_points, valid_ratios, size):
     return centre, torch.cat([centre - half, centre + half], -1)
 
 
-def to_level_pixels(locations, spatial_shapes) -> torch.Tensor:
-    """Sampling locations (..., L, P, 2) -> pixels of each level's padded map:
-    ``loc * (W_l, H_l) - 0.5`` (the kernel's bilinear rule)."""
+def to_level_coords(locations, spatial_shapes) -> torch.Tensor:
+    """Sampling locations (..., L, P, 2) -> coordinates on each level's padded map,
+    ``loc * (W_l, H_l)``: cell (i, j) covers [j, j + 1] x [i, i + 1]. (The kernel reads the
+    bilinear pixel index ``loc * size - 0.5``: the same point, centres at integers.)"""
     shapes = torch.as_tensor(spatial_shapes, dtype=torch.float64)  # (L, 2) rows (H, W)
     wh = shapes.flip(-1)[:, None, :]  # (L, 1, 2) as (W, H)
-    return torch.as_tensor(locations, dtype=torch.float64) * wh - 0.5
+    return torch.as_tensor(locations, dtype=torch.float64) * wh
 
 
 def valid_level_sizes(record: Mapping, batch_index: int = 0) -> torch.Tensor:
@@ -126,8 +129,8 @@ def encoder_query_at(record: Mapping, x: float, y: float, size, level: int = 0, 
     (pixel coordinates of a picture of ``size`` (h, w)); clipped to the valid map."""
     vh, vw = (int(v) for v in valid_level_sizes(record, batch_index)[level])
     h, w = (float(v) for v in size)
-    col = min(max(int(np.floor((x + 0.5) / w * vw)), 0), vw - 1)
-    row = min(max(int(np.floor((y + 0.5) / h * vh)), 0), vh - 1)
+    col = min(max(int(np.floor(x / w * vw)), 0), vw - 1)
+    row = min(max(int(np.floor(y / h * vh)), 0), vh - 1)
     return encoder_query_index(record, level, row, col)
 
 
@@ -136,7 +139,7 @@ def encoder_cell_box(record: Mapping, index: int, size, batch_index: int = 0) ->
     level, row, col = encoder_query_cell(record, index)
     vh, vw = (int(v) for v in valid_level_sizes(record, batch_index)[level])
     h, w = (float(v) for v in size)
-    return np.array([col / vw * w - 0.5, row / vh * h - 0.5, (col + 1) / vw * w - 0.5, (row + 1) / vh * h - 0.5])
+    return np.array([col / vw * w, row / vh * h, (col + 1) / vw * w, (row + 1) / vh * h])
 
 
 # ----------------------------------------------------------------------------- one query
@@ -144,8 +147,8 @@ def encoder_cell_box(record: Mapping, index: int, size, batch_index: int = 0) ->
 class QueryPoints:
     """The sampling points of one query of one layer, ready to draw.
 
-    xy (M, L, P, 2) image pixels; weights (M, L, P); level_xy (M, L, P, 2) pixels of
-    each level's padded map; reference (2,) image pixel of the reference point;
+    xy (M, L, P, 2) image pixels; weights (M, L, P); level_xy (M, L, P, 2) coordinates
+    on each level's padded map; reference (2,) image pixel of the reference point;
     reference_box (4,) pixel (x0, y0, x1, y1) for a box reference, else None;
     level_sizes (L, 2) the valid (h, w) of each level's map; size (h, w) of the picture.
     """
@@ -238,7 +241,7 @@ def query_points(record: Mapping, stage: str, layer: int, query: int, batch_inde
         stage=stage, layer=int(layer), query=int(query),
         xy=sampling_locations_to_pixels(loc, ratios, size).numpy(),
         weights=rec["attention_weights"][batch_index, int(query)].double().numpy(),
-        level_xy=to_level_pixels(loc, record["spatial_shapes"]).numpy(),
+        level_xy=to_level_coords(loc, record["spatial_shapes"]).numpy(),
         reference=centre.numpy(), reference_box=None if box is None else box.numpy(),
         level_sizes=valid_level_sizes(record, batch_index).numpy(),
         size=(int(size[0]), int(size[1])),
@@ -286,7 +289,7 @@ def draw_query_sampling(ax, image, points: QueryPoints, *, heads=None, levels=No
     """
     from matplotlib.patches import Rectangle
 
-    from ddetr_lib.visualize import to_numpy_image
+    from ddetr_lib.viz.images import to_numpy_image
 
     if level_grid is not None:
         levels = [level_grid]
@@ -298,7 +301,7 @@ def draw_query_sampling(ax, image, points: QueryPoints, *, heads=None, levels=No
     if level_grid is None:
         xy = chosen["xy"]
         if image is not None:
-            artists["image"] = ax.imshow(to_numpy_image(image), extent=(-0.5, w - 0.5, h - 0.5, -0.5))
+            artists["image"] = ax.imshow(to_numpy_image(image), extent=(0, w, h, 0))
         _fit_limits(ax, xy if frame_points is None else np.asarray(frame_points), w, h)
         ref = points.reference
     else:
@@ -306,13 +309,16 @@ def draw_query_sampling(ax, image, points: QueryPoints, *, heads=None, levels=No
         xy = chosen["level_xy"]
         vh, vw = (int(v) for v in points.level_sizes[level_grid])
         if image is not None:
-            artists["image"] = ax.imshow(to_numpy_image(image), extent=(-0.5, vw - 0.5, vh - 0.5, -0.5), alpha=0.75)
-        ax.set_xticks(np.arange(-0.5, vw, 1.0), minor=True)
-        ax.set_yticks(np.arange(-0.5, vh, 1.0), minor=True)
+            artists["image"] = ax.imshow(to_numpy_image(image), extent=(0, vw, vh, 0), alpha=0.75)
+        ax.set_xticks(np.arange(0, vw + 1), minor=True)  # cell edges: the grid
+        ax.set_yticks(np.arange(0, vh + 1), minor=True)
+        cols, rows = np.arange(0, vw, max(1, vw // 8)), np.arange(0, vh, max(1, vh // 8))
+        ax.set_xticks(cols + 0.5, [str(c) for c in cols])  # cell centres: the cell index
+        ax.set_yticks(rows + 0.5, [str(r) for r in rows])
         ax.grid(which="minor", color="white", linewidth=0.4, alpha=0.6)
         ax.tick_params(which="both", length=0, labelsize=6)
         _fit_limits(ax, xy, vw, vh)
-        ref = (points.reference + 0.5) / np.array([w, h]) * np.array([vw, vh]) - 0.5
+        ref = points.reference / np.array([w, h]) * np.array([vw, vh])
     sc = ax.scatter(xy[:, 0], xy[:, 1], c=weights, s=marker_sizes(weights, vmax), cmap=cmap, vmin=0.0, vmax=vmax,
                     edgecolors="white", linewidths=0.4, zorder=3)
     sc.set_gid("sampling_points")
@@ -352,7 +358,7 @@ def draw_query_sampling(ax, image, points: QueryPoints, *, heads=None, levels=No
 def _fit_limits(ax, xy: np.ndarray, w: float, h: float, margin: float = 0.02):
     """The picture (w x h pixels) plus any point that falls outside it (grey background there)."""
     ax.set_facecolor("0.85")
-    x0, y0, x1, y1 = -0.5, -0.5, w - 0.5, h - 0.5
+    x0, y0, x1, y1 = 0.0, 0.0, float(w), float(h)
     if len(xy):
         pad = margin * max(w, h)
         x0, x1 = min(x0, xy[:, 0].min() - pad), max(x1, xy[:, 0].max() + pad)
@@ -371,7 +377,7 @@ def query_title(points: QueryPoints, heads=None, levels=None, top_k=None) -> str
 def decoder_detection(outputs: Mapping, query: int, batch_index: int, size):
     """(pixel box (4,), label, score) of decoder query ``query`` from the model outputs:
     the best class (sigmoid) and its box on a picture of ``size`` (h, w)."""
-    from ddetr_lib.visualize import boxes_to_pixels
+    from ddetr_lib.viz.images import boxes_to_pixels
 
     prob = outputs["pred_logits"][batch_index, query].sigmoid()
     score, label = prob.max(-1)
