@@ -422,13 +422,16 @@ def draw_query_sampling(ax, image, points: QueryPoints, *, heads=None, levels=No
                           frame_points=frame_points, title=title)
 
 
-def _fit_limits(ax, xy: np.ndarray, w: float, h: float, margin: float = 0.02):
-    """The picture (w x h pixels) plus any point that falls outside it (grey background there)."""
+def _fit_limits(ax, xy: np.ndarray, w: float, h: float, margin: float = 0.02, outside: float = 0.25):
+    """The picture (w x h pixels) plus the points that fall outside it (grey background there),
+    at most ``outside`` of its size beyond each edge (so that the picture stays large)."""
     x0, y0, x1, y1 = 0.0, 0.0, float(w), float(h)
     if len(xy):
         pad = margin * max(w, h)
         x0, x1 = min(x0, xy[:, 0].min() - pad), max(x1, xy[:, 0].max() + pad)
         y0, y1 = min(y0, xy[:, 1].min() - pad), max(y1, xy[:, 1].max() + pad)
+        x0, x1 = max(x0, -outside * w), min(x1, (1 + outside) * w)
+        y0, y1 = max(y0, -outside * h), min(y1, (1 + outside) * h)
     ax.set_xlim(x0, x1)
     ax.set_ylim(y1, y0)
 
