@@ -152,10 +152,10 @@ def test_marker_counts_and_views_for_every_variant(variant):
     image = torch.rand(3, 96, 112)
     with torch.no_grad(), capture_deformable(model) as rec:
         out = model([image])
-    m, l = model.transformer.nhead, model.num_feature_levels
+    cfg = get_config(variant)
+    m, l = cfg.nheads, cfg.num_feature_levels
     for stage in ("encoder", "decoder"):
-        p = model.transformer.decoder.layers[0].cross_attn.n_points if stage == "decoder" else \
-            model.transformer.encoder.layers[0].self_attn.n_points
+        p = cfg.dec_n_points if stage == "decoder" else cfg.enc_n_points
         for layer in range(len(rec[stage])):
             fig = plot_query_sampling(image, rec, stage, layer, 3, outputs=out)
             (sc,) = _points_collection(fig)

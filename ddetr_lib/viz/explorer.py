@@ -221,14 +221,11 @@ class SamplingExplorer:
         self.draw_cpu_seconds: list[float] = []
         self._hold = False
 
-        # The model's shape: layers, heads, levels, points (read off the attention modules).
-        from ddetr_lib.models import DeformableTransformer
-
-        t = next(m for m in model.modules() if isinstance(m, DeformableTransformer))
-        attn = t.encoder.layers[0].self_attn
-        self.num_layers = {"encoder": len(t.encoder.layers), "decoder": len(t.decoder.layers)}
-        self.num_heads, self.num_levels = attn.n_heads, attn.n_levels
-        self.num_points = {"encoder": attn.n_points, "decoder": t.decoder.layers[0].cross_attn.n_points}
+        # The model's shape (layers, heads, levels, points), read off the first image's record.
+        rec = self.entry(0)["record"]
+        self.num_layers = {stage: len(rec[stage]) for stage in ("encoder", "decoder")}
+        _, _, self.num_heads, self.num_levels, _ = rec["encoder"][0]["attention_weights"].shape
+        self.num_points = {stage: rec[stage][0]["attention_weights"].shape[-1] for stage in ("encoder", "decoder")}
 
         # Controls (descriptions are a contract: image, stage, layer, head, levels, top-k, score, query, x, y).
         style = {"description_width": "70px"}
@@ -306,6 +303,7 @@ class SamplingExplorer:
                        self.decoder_box, self.encoder_box])
         right = W.VBox([c["head"], c["levels"]])
         self.widget = W.VBox([W.HBox([left, right]), self.view, self.info])
+        self.widget.add_class("ddetr-explorer")  # for a browser (or a test) to find it on the page
         self.widget.explorer = self  # reach the state from the returned widget
         self._select_image(0)
 
@@ -316,6 +314,8 @@ class SamplingExplorer:
     def entry(self, index: int | None = None) -> dict:
         """The cached forward pass of image ``index`` (default: the current one), captured if needed."""
         index = self.controls["image"].value if index is None else index
+        if not 0 <= index < len(self.source):
+            raise ValueError(f"index: no image {index} (there are {len(self.source)})")
         if index in self.cache:
             self.cache.move_to_end(index)
             return self.cache[index]
