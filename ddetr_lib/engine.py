@@ -49,7 +49,7 @@ def _float32(outputs):
     loss and the Hungarian matching's cost matrix are computed in float32 (in fp16 the
     costs can overflow to inf and the assignment solver then fails)."""
     if isinstance(outputs, torch.Tensor):
-        return outputs.float() if outputs.is_floating_point() else outputs
+        return outputs.to(torch.promote_types(outputs.dtype, torch.float32)) if outputs.is_floating_point() else outputs
     if isinstance(outputs, dict):
         return {k: _float32(v) for k, v in outputs.items()}
     if isinstance(outputs, (list, tuple)):
@@ -114,7 +114,7 @@ def train_step(model, criterion, micro_batches, optimizer, device, clip_max_norm
             loss = sum(loss_dict[n] * weight_dict[n] for n in loss_dict if n in weight_dict)
             (scaler.scale(loss * share) if scaler is not None else loss * share).backward()
         for name, value in {**loss_dict, "loss": loss}.items():
-            terms[name] = terms.get(name, 0.0) + value.detach().float() * share
+            terms[name] = terms.get(name, 0.0) + value.detach() * share
     if scaler is not None:
         scaler.unscale_(optimizer)  # clip the true gradients
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip_max_norm if clip_max_norm > 0 else math.inf)

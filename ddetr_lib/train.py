@@ -420,8 +420,6 @@ def resume(r: Run, path: Path) -> None:
     if r.scaler is not None and "scaler" in ckpt:
         r.scaler.load_state_dict(ckpt["scaler"])
     r.start_epoch, r.start_iter = ckpt["epoch"] + 1, int(ckpt.get("iter", 0))
-    if r.start_iter and "rng" in ckpt:
-        set_rng_state(ckpt["rng"])  # mid-epoch: go on with the RNG where it stopped
     old_drop = r.scheduler.step_size
     if r.args.lr_drop is not None and r.args.lr_drop != old_drop:
         # StepLR's closed form: lr = base_lr * 0.1 ** (epochs done // lr_drop)
@@ -437,6 +435,8 @@ def resume(r: Run, path: Path) -> None:
     _truncate_logs(r)
     stats, _ = r.evaluate()  # check the resumed model, as the official code does
     log(f"resumed model: AP {stats['AP']:.3f}, AP50 {stats['AP50']:.3f}")
+    if r.start_iter and "rng" in ckpt:
+        set_rng_state(ckpt["rng"])  # mid-epoch: go on with the RNG where it stopped (after the evaluation's draws)
 
 
 def _truncate_logs(r: Run) -> None:
