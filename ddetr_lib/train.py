@@ -530,11 +530,16 @@ def _stop(r: Run, epoch: int, iteration: int, entry: dict | None = None, saved: 
         save_checkpoint(r.ckpt_path, checkpoint_state(r, epoch, iteration))
     where = f"epoch {epoch + 1}, step {iteration}" if iteration else f"the end of epoch {epoch}"
     name = signal.Signals(r.stop.signum).name if r.stop.signum else "signal"
-    raise Stopped(f"{name}: stopped at {where}, checkpoint {r.ckpt_path}; continue with --resume {r.ckpt_path}")
+    raise Stopped(f"{name}: stopped at {where}, checkpoint {r.ckpt_path}; continue with --resume {r.ckpt_path}",
+                  is_main_process())
 
 
 class Stopped(Exception):
-    """The run stopped on a signal after saving its checkpoint."""
+    """The run stopped on a signal (after saving its checkpoint, if there was anything new)."""
+
+    def __init__(self, message: str, main_process: bool = True):
+        super().__init__(message)
+        self.main_process = main_process  # the one that prints (known before the process group ends)
 
 
 def finish(r: Run) -> None:
@@ -571,6 +576,8 @@ def run(args: argparse.Namespace) -> dict:
                     r.model, device_ids=[r.device.index] if r.device.type == "cuda" else None)
             fit(r)
         finish(r)
+    except StopRequested:  # during --eval-only or the check after resuming: nothing new to save
+        raise Stopped("stopped during evaluation; nothing new to save", is_main_process()) from None
         if dist.is_initialized():
             dist.barrier()
     finally:
@@ -598,10 +605,8 @@ def main(argv=None) -> int:
         print(f"error: {_one_line(exc)}", file=sys.stderr, flush=True)
         return 2
     except Stopped as exc:
-        log(str(exc))
-        return EXIT_STOPPED
-    except StopRequested:  # during --eval-only or the check after resuming: nothing new to save
-        log("stopped during evaluation; nothing to save")
+        if exc.main_process:
+            print(exc, flush=True)
         return EXIT_STOPPED
     return 0
 
