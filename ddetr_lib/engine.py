@@ -7,6 +7,11 @@ The training step is the one of the official code:
     loss = sum(loss_dict[k] * weight_dict[k])     # weighted total
     loss.backward(); clip_grad_norm_(0.1); optimizer.step()
 
+Additions: ``--accumulate K`` (one optimizer step over K batches, weighted so that the
+loss is that of one batch of all of them), ``--amp`` (the model under ``torch.autocast``;
+loss and matching in float32), a per-step ``metrics.jsonl`` (:class:`MetricsWriter`) and a
+stop flag checked after every step (SIGTERM / SIGINT, agreed over all processes).
+
 Evaluation runs the postprocessor (boxes in absolute pixels of the original image),
 gathers detections from every process and scores them with pycocotools' COCOeval.
 """

@@ -298,7 +298,10 @@ def load_backbone_weights(model: torch.nn.Module, path: Path) -> None:
     state = load_checkpoint(path)
     state = state.get("model", state.get("state_dict", state))
     body = model.backbone[0].body
-    result = body.load_state_dict(state, strict=False)
+    try:
+        result = body.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shapes differ: another network
+        raise SystemExit(f"error: {path} does not fit the backbone: {' '.join(str(exc).split())[:300]}") from None
     unexpected = [k for k in result.unexpected_keys if not k.startswith("fc.")]
     if result.missing_keys or unexpected:
         raise SystemExit(f"error: {path} does not fit the {len(list(body.parameters()))}-tensor backbone: "

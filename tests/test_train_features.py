@@ -305,3 +305,32 @@ def test_eval_only_with_an_official_checkpoint_file(data_root, tmp_path, capsys)
     text = capsys.readouterr().out
     assert "COCO box metric" in text and "AP @[.50:.95]" in text
     assert len(json.loads((out / "eval.json").read_text())) == 12
+
+
+# --------------------------------------------------------------------------- backbone weights from a file
+def test_backbone_weights_from_a_file(tmp_path):
+    """--backbone-weights: a torchvision ResNet state dict file (fc included, as torchvision
+    saves it) goes into the backbone; the recipe's frozen stem and layer1 stay frozen."""
+    import torchvision
+
+    from ddetr_lib.train import build_model_once
+
+    torch.manual_seed(3)
+    resnet = torchvision.models.resnet18(weights=None, norm_layer=torchvision.ops.FrozenBatchNorm2d)
+    with torch.no_grad():
+        for p in resnet.parameters():
+            p.add_(0.5)  # unlike any fresh initialisation
+    path = tmp_path / "resnet18-f37072fd.pth"
+    torch.save(resnet.state_dict(), path)
+    cfg = get_config("deformable_detr_r50", backbone="resnet18", pretrained_backbone=True, num_classes=5,
+                     enc_layers=1, dec_layers=1)
+    model = build_model_once(cfg, argparse.Namespace(backbone_weights=path), torch.device("cpu"))
+    body = model.backbone[0].body
+    for name, value in body.state_dict().items():
+        assert torch.equal(value, resnet.state_dict()[name]), name
+    assert not body.conv1.weight.requires_grad and not body.layer1[0].conv1.weight.requires_grad
+    assert body.layer2[0].conv1.weight.requires_grad
+    # weights of another network are refused with a clear message
+    torch.save(torchvision.models.resnet34(weights=None).state_dict(), path)
+    with pytest.raises(SystemExit, match="does not fit"):
+        build_model_once(cfg, argparse.Namespace(backbone_weights=path), torch.device("cpu"))
