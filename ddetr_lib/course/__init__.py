@@ -129,8 +129,10 @@ class CheckResult:
     def __bool__(self) -> bool:
         return bool(self.passed)
 
-    def _repr_pretty_(self, p, cycle):  # IPython shows the line, not the dataclass
-        p.text(str(self))
+    def _ipython_display_(self):
+        # The check already printed its line; a notebook cell that ends with the call
+        # would otherwise show it a second time. print(result) shows it again on purpose.
+        pass
 
 
 def _describe(x: Any) -> str:

@@ -24,4 +24,5 @@ from ddetr_lib.viz.sampling import (QueryPoints, draw_query_sampling, encoder_ce
                                     encoder_query_cell, encoder_query_index, padded_to_image_pixels,
                                     plot_query_sampling, query_points, reference_points_to_pixels,
                                     sampling_locations_to_pixels, to_level_coords, valid_level_sizes)
+from ddetr_lib.viz.explorer import SamplingExplorer, explore_sampling  # noqa: F401
 # --- end h4-explorer ---

@@ -270,46 +270,115 @@ def _label_text(label, score, class_names) -> str:
     return name if score is None else f"{name} {float(score):.2f}"
 
 
-def draw_query_sampling(ax, image, points: QueryPoints, *, heads=None, levels=None, top_k: int | None = None,
-                        box=None, label=None, score=None, class_names=None, encoder_cell=None,
-                        vmax: float | None = None, cmap: str = POINT_CMAP, colorbar: bool = True,
-                        level_grid: int | None = None, frame_points=None, title: str | None = None):
-    """Draw one query's sampling points on ``ax`` (Fig. 6 of the paper).
+class SamplingArtists:
+    """The artists of one Fig. 6 panel, made once and updated in place (the explorer redraws
+    many times a second this way: no axes clearing, no new artists).
 
-    image: the picture (array, PIL, tensor) whose size ``points`` was mapped to; or ``None``.
-    heads / levels: subsets to show (default all); top_k: only the heaviest k points.
-    box: pixel (x0, y0, x1, y1) predicted box (decoder query) with ``label`` / ``score``;
-    encoder_cell: pixel box of the feature cell an encoder query sits on.
-    level_grid: draw on level ``level_grid``'s own pixel grid instead of the image
-    (only that level's points). frame_points: (K, 2) points the view must include
-    (default: the points shown; panels side by side pass the union to share one frame).
-    Markers: one scatter (gid ``"sampling_points"``), colour and area by attention
-    weight, heavy points on top; the reference point a cross (gid ``"reference_point"``).
-    Returns a dict of the artists: ``points``, ``reference``, ``colorbar``, ...
+    level_grid: draw on level ``level_grid``'s own map (its valid cells as a grid, the
+    image stretched under it) instead of on the image. The points are one scatter (gid
+    ``"sampling_points"``) coloured and sized by attention weight, heavy points on top;
+    the reference point is a red cross (gid ``"reference_point"``).
     """
-    from matplotlib.patches import Rectangle
 
-    from ddetr_lib.viz.images import to_numpy_image
+    def __init__(self, ax, *, cmap: str = POINT_CMAP, colorbar: bool | object = True, level_grid: int | None = None):
+        from matplotlib.collections import LineCollection
+        from matplotlib.patches import Rectangle
 
-    if level_grid is not None:
-        levels = [level_grid]
-    chosen = points.select(heads, levels, top_k)
-    weights = chosen["weights"]
-    vmax = float(weights.max()) if vmax is None and weights.size else float(vmax or 1.0)
-    artists = {}
-    h, w = points.size
-    if level_grid is None:
-        xy = chosen["xy"]
-        if image is not None:
-            artists["image"] = ax.imshow(to_numpy_image(image), extent=(0, w, h, 0))
-        _fit_limits(ax, xy if frame_points is None else np.asarray(frame_points), w, h)
-        ref = points.reference
-    else:
-        # The level's map: its valid part, one square per feature pixel, the image stretched under it.
-        xy = chosen["level_xy"]
-        vh, vw = (int(v) for v in points.level_sizes[level_grid])
-        if image is not None:
-            artists["image"] = ax.imshow(to_numpy_image(image), extent=(0, vw, vh, 0), alpha=0.75)
+        self.ax, self.level_grid = ax, level_grid
+        self.image = None  # AxesImage, made on the first picture
+        self._image_key = None
+        ax.set_facecolor("0.85")  # where points fall outside the picture
+        self.others = ax.add_collection(LineCollection([], colors="white", linewidths=0.8, linestyles="--",
+                                                       alpha=0.75, zorder=2))
+        self.points = ax.scatter(np.zeros(0), np.zeros(0), c=np.zeros(0), s=np.zeros(0), cmap=cmap, vmin=0.0,
+                                 vmax=1.0, edgecolors="white", linewidths=0.4, zorder=3)
+        self.points.set_gid("sampling_points")
+        (self.reference,) = ax.plot([], [], marker="x", color="red", markersize=9, markeredgewidth=2.2,
+                                    linestyle="none", zorder=4)
+        self.reference.set_gid("reference_point")
+        self.reference_box = ax.add_patch(Rectangle((0, 0), 0, 0, fill=False, edgecolor="red", linestyle="--",
+                                                    linewidth=1, visible=False))
+        self.box = ax.add_patch(Rectangle((0, 0), 0, 0, fill=False, edgecolor="orange", linewidth=1.8, zorder=2,
+                                          visible=False))
+        self.label = ax.text(0, 0, "", fontsize=8, color="black", va="bottom", ha="left", clip_on=True, zorder=5,
+                             bbox=dict(facecolor="orange", edgecolor="none", alpha=0.85, pad=0.8), visible=False)
+        self.cell = ax.add_patch(Rectangle((0, 0), 0, 0, fill=False, edgecolor="red", linewidth=1.5, zorder=4,
+                                           visible=False))
+        self.colorbar = None
+        if colorbar is not False:
+            cax = None if colorbar is True else colorbar  # an Axes for the bar
+            kw = dict(cax=cax) if cax is not None else dict(ax=ax, fraction=0.046, pad=0.02)
+            self.colorbar = ax.figure.colorbar(self.points, label="attention weight", **kw)
+        if level_grid is None:
+            ax.set_xticks([])
+            ax.set_yticks([])
+
+    def _show_image(self, image, w: float, h: float, alpha: float = 1.0):
+        from ddetr_lib.viz.images import to_numpy_image
+
+        if image is None:
+            return
+        key = (id(image), w, h)
+        if key != self._image_key:  # a new picture (conversion is the slow part: only then)
+            pixels = to_numpy_image(image)
+            if self.image is None:
+                self.image = self.ax.imshow(pixels, extent=(0, w, h, 0), alpha=alpha, zorder=1)
+            else:
+                self.image.set_data(pixels)
+                self.image.set_extent((0, w, h, 0))
+            self._image_key = key
+
+    def update(self, image, points: QueryPoints, *, heads=None, levels=None, top_k: int | None = None, box=None,
+               label=None, score=None, class_names=None, encoder_cell=None, other_boxes=None,
+               vmax: float | None = None, frame_points=None, title: str | None = None):
+        """Show ``points`` (see :func:`draw_query_sampling` for the arguments)."""
+        ax, level = self.ax, self.level_grid
+        h, w = points.size
+        if level is not None:
+            levels = [level]
+        chosen = points.select(heads, levels, top_k) if levels is None or len(levels) else None
+        weights = np.zeros(0) if chosen is None else chosen["weights"]
+        if vmax is None:
+            vmax = float(weights.max()) if weights.size else 1.0
+        if level is None:
+            xy = np.zeros((0, 2)) if chosen is None else chosen["xy"]
+            self._show_image(image, w, h)
+            _fit_limits(ax, xy if frame_points is None else np.asarray(frame_points), w, h)
+            ref = points.reference
+        else:
+            xy = chosen["level_xy"]
+            vh, vw = (int(v) for v in points.level_sizes[level])
+            self._show_image(image, vw, vh, alpha=0.75)
+            if self._grid_size != (vw, vh):
+                self._draw_grid(vw, vh)
+            _fit_limits(ax, xy, vw, vh)
+            ref = points.reference / np.array([w, h]) * np.array([vw, vh])
+        self.points.set_offsets(xy)
+        self.points.set_array(weights)
+        self.points.set_sizes(marker_sizes(weights, vmax))
+        self.points.set_clim(0.0, max(vmax, 1e-12))
+        self.reference.set_data([ref[0]], [ref[1]])
+        on_image = level is None
+        _set_rect(self.reference_box, points.reference_box if on_image and box is None else None)
+        _set_rect(self.box, box if on_image else None)
+        _set_rect(self.cell, encoder_cell if on_image else None)
+        text = _label_text(label, score, class_names) if on_image and box is not None else ""
+        self.label.set_visible(bool(text))
+        if text:
+            self.label.set_text(text)
+            self.label.set_position((float(box[0]), float(box[1])))
+        segments = []
+        for x0, y0, x1, y1 in ([] if other_boxes is None or not on_image else np.asarray(other_boxes)):
+            segments.append([(x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0)])
+        self.others.set_segments(segments)
+        if title is not None:
+            ax.set_title(title, fontsize=9)
+        return self
+
+    _grid_size = None
+
+    def _draw_grid(self, vw: int, vh: int):
+        ax = self.ax
         ax.set_xticks(np.arange(0, vw + 1), minor=True)  # cell edges: the grid
         ax.set_yticks(np.arange(0, vh + 1), minor=True)
         cols, rows = np.arange(0, vw, max(1, vw // 8)), np.arange(0, vh, max(1, vh // 8))
@@ -317,52 +386,52 @@ def draw_query_sampling(ax, image, points: QueryPoints, *, heads=None, levels=No
         ax.set_yticks(rows + 0.5, [str(r) for r in rows])
         ax.grid(which="minor", color="white", linewidth=0.4, alpha=0.6)
         ax.tick_params(which="both", length=0, labelsize=6)
-        _fit_limits(ax, xy, vw, vh)
-        ref = points.reference / np.array([w, h]) * np.array([vw, vh])
-    sc = ax.scatter(xy[:, 0], xy[:, 1], c=weights, s=marker_sizes(weights, vmax), cmap=cmap, vmin=0.0, vmax=vmax,
-                    edgecolors="white", linewidths=0.4, zorder=3)
-    sc.set_gid("sampling_points")
-    artists["points"] = sc
-    (cross,) = ax.plot([ref[0]], [ref[1]], marker="x", color="red", markersize=9, markeredgewidth=2.2,
-                       linestyle="none", zorder=4)
-    cross.set_gid("reference_point")
-    artists["reference"] = cross
-    if level_grid is None:
-        if points.reference_box is not None and box is None:
-            x0, y0, x1, y1 = points.reference_box
-            artists["reference_box"] = ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False,
-                                                              edgecolor="red", linestyle="--", linewidth=1))
-        if box is not None:
-            x0, y0, x1, y1 = (float(v) for v in box)
-            artists["box"] = ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="orange",
-                                                    linewidth=1.8, zorder=2))
-            text = _label_text(label, score, class_names)
-            if text:
-                artists["label"] = ax.text(x0, y0, text, fontsize=8, color="black", va="bottom", ha="left",
-                                           bbox=dict(facecolor="orange", edgecolor="none", alpha=0.85, pad=0.8),
-                                           clip_on=True, zorder=5)
-        if encoder_cell is not None:
-            x0, y0, x1, y1 = (float(v) for v in encoder_cell)
-            artists["cell"] = ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="red",
-                                                     linewidth=1.5, zorder=4))
-    if colorbar:
-        artists["colorbar"] = ax.figure.colorbar(sc, ax=ax, fraction=0.046, pad=0.02, label="attention weight")
-    if title is not None:
-        ax.set_title(title, fontsize=9)
-    if level_grid is None:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    return artists
+        self._grid_size = (vw, vh)
 
 
-def _fit_limits(ax, xy: np.ndarray, w: float, h: float, margin: float = 0.02):
-    """The picture (w x h pixels) plus any point that falls outside it (grey background there)."""
-    ax.set_facecolor("0.85")
+def _set_rect(rect, xyxy):
+    if xyxy is None:
+        rect.set_visible(False)
+        return
+    x0, y0, x1, y1 = (float(v) for v in xyxy)
+    rect.set_bounds(x0, y0, x1 - x0, y1 - y0)
+    rect.set_visible(True)
+
+
+def draw_query_sampling(ax, image, points: QueryPoints, *, heads=None, levels=None, top_k: int | None = None,
+                        box=None, label=None, score=None, class_names=None, encoder_cell=None, other_boxes=None,
+                        vmax: float | None = None, cmap: str = POINT_CMAP, colorbar: bool = True,
+                        level_grid: int | None = None, frame_points=None, title: str | None = None) -> SamplingArtists:
+    """Draw one query's sampling points on ``ax`` (Fig. 6 of the paper).
+
+    image: the picture (array, PIL, tensor) whose size ``points`` was mapped to; or ``None``.
+    heads / levels: subsets to show (default all); top_k: only the heaviest k points.
+    box: pixel (x0, y0, x1, y1) predicted box (decoder query) with ``label`` / ``score``
+    (names from ``class_names``); a box reference (refine / two-stage) is drawn dashed
+    when no box is given. encoder_cell: pixel box of the feature cell an encoder query
+    sits on. other_boxes: (K, 4) further boxes, drawn faint (other detections).
+    vmax: the weight at the top of the colour scale (default: the largest shown).
+    level_grid: draw on level ``level_grid``'s own grid instead of the image (that level's
+    points only). frame_points: (K, 2) points the view must include (default: those shown;
+    panels side by side pass the union to share one frame).
+    Returns the :class:`SamplingArtists` (``.points`` is the scatter, ``.reference`` the cross).
+    """
+    artists = SamplingArtists(ax, cmap=cmap, colorbar=colorbar, level_grid=level_grid)
+    return artists.update(image, points, heads=heads, levels=levels, top_k=top_k, box=box, label=label, score=score,
+                          class_names=class_names, encoder_cell=encoder_cell, other_boxes=other_boxes, vmax=vmax,
+                          frame_points=frame_points, title=title)
+
+
+def _fit_limits(ax, xy: np.ndarray, w: float, h: float, margin: float = 0.02, outside: float = 0.25):
+    """The picture (w x h pixels) plus the points that fall outside it (grey background there),
+    at most ``outside`` of its size beyond each edge (so that the picture stays large)."""
     x0, y0, x1, y1 = 0.0, 0.0, float(w), float(h)
     if len(xy):
         pad = margin * max(w, h)
         x0, x1 = min(x0, xy[:, 0].min() - pad), max(x1, xy[:, 0].max() + pad)
         y0, y1 = min(y0, xy[:, 1].min() - pad), max(y1, xy[:, 1].max() + pad)
+        x0, x1 = max(x0, -outside * w), min(x1, (1 + outside) * w)
+        y0, y1 = max(y0, -outside * h), min(y1, (1 + outside) * h)
     ax.set_xlim(x0, x1)
     ax.set_ylim(y1, y0)
 
@@ -432,7 +501,7 @@ def plot_query_sampling(image, record: Mapping, stage: str, layer: int, query: i
         last = draw_query_sampling(ax, image, pts, top_k=top_k, **common, **panel)
     for ax in list(axes.flat)[n:]:
         ax.set_axis_off()
-    fig.colorbar(last["points"], ax=axes, fraction=0.03, pad=0.01, label="attention weight")
+    fig.colorbar(last.points, ax=axes, fraction=0.03, pad=0.01, label="attention weight")
     if view != "all":
         fig.suptitle(f"{stage} layer {layer}, query {query}" + ("" if top_k is None else f", top {top_k} per panel"),
                      fontsize=10)
