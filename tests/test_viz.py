@@ -415,6 +415,10 @@ def test_detr_decoder_attention_per_detection_and_head(runs, data):
         for c, want in enumerate(maps_want, start=1):
             (im,) = [a for a in grid[r, c].get_images() if a.get_gid() == "attention"]
             np.testing.assert_allclose(im.get_array(), want.reshape(hf, wf)[:vh, :vw].numpy(), atol=1e-7)
+    with pytest.raises(ValueError, match="maps"):
+        viz.plot_detr_decoder_attention(runs["trained"].record, runs["trained"].outputs, image)
+    with pytest.raises(ValueError, match="layer"):
+        viz.plot_detr_decoder_attention(maps, run.outputs, image, layer=5)
 
 
 # ----------------------------------------------------------------------------- matching
