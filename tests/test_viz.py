@@ -317,6 +317,10 @@ def test_two_stage_proposals_coloured_by_score(runs, data):
         positions.append((scores[i] - lo) / (hi - lo))
     assert np.all(np.diff(positions) >= 0)
     assert np.all(np.diff([p.get_linewidth() for p in drawn]) >= -1e-9)
+    # The title counts the proposals per feature level (token index -> level, by hand).
+    starts = run.record["level_start_index"].tolist() + [10**9]
+    counts = [sum(starts[l] <= i < starts[l + 1] for i in idx.tolist()) for l in range(len(starts) - 1)]
+    assert fig.axes[0].get_title().endswith(": " + "/".join(map(str, counts)))
     # The top proposals are the decoder's first reference boxes.
     torch.testing.assert_close(run.record["decoder_reference_boxes"][0][b, :k], boxes)
     keep = (run.outputs["pred_logits"][b].sigmoid().max(-1).values >= 0.3).sum()

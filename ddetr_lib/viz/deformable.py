@@ -351,8 +351,10 @@ def plot_two_stage(record: Mapping, outputs: Mapping, image, batch_index: int = 
                                     linewidth=0.6 + 1.6 * norm(scores[i].item()), gid="proposal"))
     fig.colorbar(ScalarMappable(norm=norm, cmap=colours), ax=axes[0], fraction=0.046, pad=0.02,
                  label="proposal score")
-    axes[0].set_title(f"encoder: top {len(scores)} proposals\n(they become the decoder's reference boxes)",
-                      fontsize=9)
+    per_level = torch.bincount(props["levels"], minlength=len(record["spatial_shapes"])).tolist()
+    axes[0].set_title(f"encoder: top {len(scores)} proposals (the decoder's reference boxes)\n"
+                      f"from levels {'/'.join(map(str, range(len(per_level))))}: "
+                      f"{'/'.join(map(str, per_level))}", fontsize=9)
     keep = confident_queries(outputs, batch_index, focal=True, score_threshold=score_threshold, min_queries=3)
     det_scores, det_labels = query_scores(outputs, batch_index, focal=True)
     draw_boxes(axes[1], image, boxes_to_pixels(outputs["pred_boxes"][batch_index, keep].detach().cpu(), (h, w)),
