@@ -353,7 +353,8 @@ def test_sampling_density_is_the_weighted_histogram_of_the_points(runs, data, na
         xs.append(pix[..., 0].ravel())
         ys.append(pix[..., 1].ravel())
         ws.append(layer["attention_weights"][b, queries, :, lvl].numpy().ravel())
-    x, y, w = np.concatenate(xs), np.concatenate(ys), np.concatenate(ws) / (len(queries) * layer["sampling_locations"].shape[2])
+    n_heads = layer["sampling_locations"].shape[2]
+    x, y, w = np.concatenate(xs), np.concatenate(ys), np.concatenate(ws) / (len(queries) * n_heads)
     h_img, w_img = size
     bx, by = (32, round(32 * h_img / w_img)) if w_img >= h_img else (round(32 * w_img / h_img), 32)
     inside = (x >= 0) & (x <= w_img) & (y >= 0) & (y <= h_img)
@@ -516,7 +517,8 @@ def test_save_prediction_figure_draws_ground_truth_and_predictions(tmp_path):
     for image_id in sorted(ds.coco.imgs):
         anns = ds.coco.imgToAnns[image_id]
         xywh = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
-        results[image_id] = {"scores": torch.full((len(anns),), 0.9), "labels": torch.tensor([a["category_id"] for a in anns]),
+        results[image_id] = {"scores": torch.full((len(anns),), 0.9),
+                             "labels": torch.tensor([a["category_id"] for a in anns]),
                              "boxes": torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)}
     path = viz.save_prediction_figure(ds, results, tmp_path / "pred.png", n=3)
     assert path.exists() and path.stat().st_size > 5_000

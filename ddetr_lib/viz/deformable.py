@@ -175,7 +175,8 @@ def plot_initial_vs_trained(record: Mapping, image, batch_index: int = 0, stage:
         if stage == "encoder":
             ax.add_patch(box_patch(encoder_cell_box(record, query, size, batch_index), edgecolor="red",
                                    linewidth=1.2))
-    handles = [Line2D([], [], color=c, marker="o", linestyle="-", label=f"head {m}") for m, c in enumerate(head_colours)]
+    handles = [Line2D([], [], color=c, marker="o", linestyle="-", label=f"head {m}")
+               for m, c in enumerate(head_colours)]
     handles += [Line2D([], [], color="gray", marker=LEVEL_MARKERS[l % len(LEVEL_MARKERS)], linestyle="none",
                        label=f"level {l}") for l in range(n_levels)]
     handles += [Line2D([], [], color="red", marker="x", linestyle="none", label="reference point")]
