@@ -422,9 +422,11 @@ def plot_sampling_density(record: Mapping, outputs: Mapping, image, batch_index:
     im.set_gid("density")
     scores, labels = query_scores(outputs, batch_index, focal=True)
     for q in queries.tolist():
-        ax.add_patch(box_patch(boxes_to_pixels(outputs["pred_boxes"][batch_index, q:q + 1].detach().cpu(),
-                                               (h, w))[0], edgecolor=class_colour(int(labels[q])), linewidth=1.2,
-                               gid="detection"))
+        box = boxes_to_pixels(outputs["pred_boxes"][batch_index, q:q + 1].detach().cpu(), (h, w))[0]
+        colour = class_colour(int(labels[q]))
+        ax.add_patch(box_patch(box, edgecolor=colour, linewidth=1.4, gid="detection"))
+        ax.text(float(box[0]), float(box[1]), f"{_name(int(labels[q]), names)} {scores[q]:.2f}", fontsize=7,
+                va="bottom", ha="left", clip_on=True, bbox=dict(facecolor=colour, edgecolor="none", alpha=0.8, pad=0.5))
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label="share of attention per cell")
     n_layers = len(record["decoder"])
     note = f"\n({outside} of their points fall outside the image)" if outside else ""
