@@ -228,7 +228,7 @@ class SamplingExplorer:
         self.num_points = {stage: rec[stage][0]["attention_weights"].shape[-1] for stage in ("encoder", "decoder")}
 
         # Controls (descriptions are a contract: image, stage, layer, head, levels, top-k, score, query, x, y).
-        style = {"description_width": "70px"}
+        style = {"description_width": "80px"}
         wide = W.Layout(width="330px")
         c = {}
         c["image"] = W.Dropdown(options=self._image_options(), value=0, description="image", style=style, layout=wide)
