@@ -29,7 +29,7 @@ a normalised coordinate u sits at ``u * W``. On a level's own map the same rule 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Mapping
 
 import numpy as np
 import torch
