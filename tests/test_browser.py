@@ -135,6 +135,7 @@ _PICTURE_JS = """() => {
 }"""
 
 
+@pytest.mark.slow
 def test_explorer_reacts_in_a_real_browser(lab, browser, tmp_path):
     t0 = time.time()
     times = {}
