@@ -123,9 +123,13 @@ def last_epoch_line(log_path: Path) -> str:
     return lines[-1] if lines else "starting"
 
 
-def run_trainings(args: argparse.Namespace) -> None:
+def run_trainings(args: argparse.Namespace, commands: dict | None = None, nice: int = 0) -> None:
+    """Run one training per name in ``args.configs`` (side by side unless ``args.sequential``),
+    each with ``args.threads`` threads, logging to ``args.work_dir/<name>.log``; print progress.
+    ``commands`` maps name -> command (default: this study's ``train_command``); ``nice`` > 0
+    runs them at that lower priority."""
     args.work_dir.mkdir(parents=True, exist_ok=True)
-    commands = {name: train_command(name, args) for name in args.configs}
+    commands = commands or {name: train_command(name, args) for name in args.configs}
     (args.work_dir / "commands.json").write_text(json.dumps(commands, indent=2) + "\n")
     batches = [[n] for n in args.configs] if args.sequential else [list(args.configs)]
     for batch in batches:
@@ -134,7 +138,8 @@ def run_trainings(args: argparse.Namespace) -> None:
             print("$", " ".join(commands[name]), flush=True)
             log_file = open(args.work_dir / f"{name}.log", "a" if args.resume else "w")
             procs[name] = (subprocess.Popen(commands[name], stdout=log_file, stderr=subprocess.STDOUT,
-                                            env=thread_env(args.threads)), log_file)
+                                            env=thread_env(args.threads),
+                                            preexec_fn=(lambda: os.nice(nice)) if nice > 0 else None), log_file)
         start = time.perf_counter()
         while procs:
             time.sleep(2 if args.steps_per_epoch else 60)

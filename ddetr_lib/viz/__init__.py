@@ -7,14 +7,17 @@ few images and returns its outputs with that record. Positions are normalised by
 image's *unpadded* size, so a figure is right for any image of a padded batch.
 """
 # --- images, boxes, forward pass with capture, static figures (h3-viz) ---
-from ddetr_lib.viz.images import (boxes_to_pixels, class_colour, denormalize, draw_boxes,  # noqa: F401
-                                  make_synthetic_examples_figure, plot_dataset_examples, save_prediction_figure,
-                                  show_image, to_numpy_image)
+from ddetr_lib.viz.images import (box_patch, boxes_to_pixels, class_colour, denormalize, draw_boxes,  # noqa: F401
+                                  image_extent, make_synthetic_examples_figure, plot_dataset_examples,
+                                  save_prediction_figure, show_image, to_numpy_image)
 from ddetr_lib.viz.common import (CapturedRun, confident_queries, model_input, query_scores,  # noqa: F401
                                   run_with_capture)
 from ddetr_lib.viz.curves import plot_learning_curves, read_log  # noqa: F401
 from ddetr_lib.viz.matching import matching_costs, plot_matching  # noqa: F401
 from ddetr_lib.viz.detr_attention import plot_detr_decoder_attention, plot_detr_encoder_attention  # noqa: F401
+from ddetr_lib.viz.deformable import (initial_sampling_locations, plot_initial_vs_trained, plot_refinement,  # noqa: F401
+                                     plot_sampling_density, plot_two_stage, refinement_track, sampling_density,
+                                     two_stage_proposals)
 # --- end h3-viz ---
 # --- sampling points (Fig. 6) and the interactive explorer (h4-explorer) ---
 from ddetr_lib.viz.sampling import (QueryPoints, draw_query_sampling, encoder_cell_box, encoder_query_at,  # noqa: F401

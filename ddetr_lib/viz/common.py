@@ -1,11 +1,9 @@
-"""What every figure needs: a forward pass with capture, the confident queries, an image on an Axes.
+"""What every figure needs: a forward pass with capture, and the confident queries.
 
-Coordinates. Every figure draws an image over the extent ``(0, W, H, 0)``: a point with
-coordinates normalised by the *unpadded* image, ``(u, v)`` in [0, 1], sits at
-``(u * W, v * H)``, and pixel ``(i, j)`` covers ``[j, j+1] x [i, i+1]`` (its centre is at
-``(j + 0.5, i + 0.5)``, the kernel's ``pixel = loc * size - 0.5`` convention). Because
-all positions are normalised, a figure can be drawn on the image the model saw or on the
-original, larger one: only its size is used.
+Coordinates: every figure draws the *unpadded* image over the extent ``(0, W, H, 0)``
+(pixel (i, j) covers [j, j+1] x [i, i+1]; see :func:`~ddetr_lib.viz.images.show_image`).
+Positions the model gives are normalised by the unpadded image, so a figure can be drawn
+on the image the model saw or on the original, larger one: only its size is used.
 
     run = run_with_capture(model, [image_a, image_b])   # one forward pass, everything recorded
     run.outputs, run.record, run.inputs, run.kind        # kind: "detr" or "deformable"
@@ -17,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ddetr_lib.viz.images import IMAGENET_MEAN, IMAGENET_STD, show_image, to_numpy_image  # noqa: F401
+from ddetr_lib.viz.images import IMAGENET_MEAN, IMAGENET_STD, to_numpy_image
 
 
 def model_input(image) -> torch.Tensor:
@@ -106,25 +104,25 @@ def _to_cpu(obj):
     return obj
 
 
-def query_scores(outputs: dict, index: int = 0, focal: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each query's best class and its probability: ``(scores (Q,), labels (Q,))`` for image ``index``.
+def query_scores(outputs: dict, batch_index: int = 0, focal: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each query's best class and its probability: ``(scores (Q,), labels (Q,))`` for image ``batch_index``.
 
     focal=True (Deformable DETR): sigmoid per class; False (DETR): softmax without the
     last ("no object") class.
     """
-    logits = outputs["pred_logits"][index].detach().float().cpu()  # (Q, C)
+    logits = outputs["pred_logits"][batch_index].detach().float().cpu()  # (Q, C)
     prob = logits.sigmoid() if focal else logits.softmax(-1)[:, :-1]
     return prob.max(-1)
 
 
-def confident_queries(outputs: dict, index: int = 0, focal: bool = True, score_threshold: float = 0.3,
+def confident_queries(outputs: dict, batch_index: int = 0, focal: bool = True, score_threshold: float = 0.3,
                       min_queries: int = 1, max_queries: int | None = None) -> torch.Tensor:
     """Indices of the queries scoring at least ``score_threshold``, best first.
 
     When fewer pass (an untrained model), the ``min_queries`` best are returned instead, so
     that a figure is never empty; ``max_queries`` caps the number.
     """
-    scores, _ = query_scores(outputs, index, focal)
+    scores, _ = query_scores(outputs, batch_index, focal)
     order = scores.argsort(descending=True)
     keep = order[scores[order] >= score_threshold]
     if len(keep) < min_queries:
@@ -133,7 +131,3 @@ def confident_queries(outputs: dict, index: int = 0, focal: bool = True, score_t
         keep = keep[:max_queries]
     return keep
 
-
-def check_index(record_or_outputs_batch: int, index: int) -> None:
-    if not 0 <= index < record_or_outputs_batch:
-        raise ValueError(f"index: image {index} is not in a batch of {record_or_outputs_batch}")

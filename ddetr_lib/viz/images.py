@@ -57,16 +57,35 @@ def to_numpy_image(image, normalized: bool | None = None) -> np.ndarray:
     return arr
 
 
+def image_extent(h: int, w: int) -> tuple[float, float, float, float]:
+    """The extent every figure draws an (h, w) image over: ``(0, w, h, 0)``."""
+    return (0.0, float(w), float(h), 0.0)
+
+
 def show_image(ax, image, normalized: bool | None = None) -> tuple[int, int]:
-    """Draw ``image`` (any form :func:`to_numpy_image` takes) over the
-    extent ``(0, W, H, 0)`` and hide the axis. Returns ``(H, W)``."""
+    """Draw ``image`` (any form :func:`to_numpy_image` takes) and hide the axis. Returns ``(H, W)``.
+
+    Pixel convention of every figure: the image spans the extent ``(0, W, H, 0)``, pixel
+    (i, j) covers [j, j + 1] x [i, i + 1] (its centre is (j + 0.5, i + 0.5), the kernel's
+    ``pixel = loc * size - 0.5`` rule). A coordinate u normalised by the unpadded image is
+    drawn at ``u * W``, and COCO pixel boxes (x0, y0, x1, y1) as they are.
+    """
     pixels = to_numpy_image(image, normalized)  # (H, W, 3) uint8
     h, w = pixels.shape[:2]
-    ax.imshow(pixels, extent=(0, w, h, 0))
+    ax.imshow(pixels, extent=image_extent(h, w))
     ax.set_xlim(0, w)
     ax.set_ylim(h, 0)
     ax.set_axis_off()
     return h, w
+
+
+def box_patch(box_xyxy, **style):
+    """An unfilled Rectangle for a pixel box (x0, y0, x1, y1) (keywords: its style)."""
+    from matplotlib.patches import Rectangle
+
+    x0, y0, x1, y1 = (float(v) for v in box_xyxy)
+    style.setdefault("fill", False)
+    return Rectangle((x0, y0), x1 - x0, y1 - y0, **style)
 
 
 def boxes_to_pixels(boxes_cxcywh: torch.Tensor, size_hw) -> torch.Tensor:
@@ -105,7 +124,7 @@ def draw_boxes(
     fontsize: float = 7,
     title: str | None = None,
 ):
-    """Show ``image`` on ``ax`` (over the extent (0, W, H, 0), see :func:`show_image`) with
+    """Show ``image`` on ``ax`` (see :func:`show_image` for the pixel convention) with
     boxes and their class names / scores.
 
     image: (H, W, 3) uint8 array, PIL image, or a (3, H, W) tensor (uint8, or float
@@ -123,11 +142,9 @@ def draw_boxes(
     boxes = np.asarray(torch.as_tensor(boxes_xyxy, dtype=torch.float32).reshape(-1, 4))
     labels = None if labels is None else np.asarray(torch.as_tensor(labels)).reshape(-1)
     scores = None if scores is None else np.asarray(torch.as_tensor(scores, dtype=torch.float32)).reshape(-1)
-    from matplotlib.patches import Rectangle
-
     for k, (x0, y0, x1, y1) in enumerate(boxes):
         c = color if color is not None else (class_colour(labels[k]) if labels is not None else "yellow")
-        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=c, linewidth=linewidth))
+        ax.add_patch(box_patch((x0, y0, x1, y1), edgecolor=c, linewidth=linewidth))
         text = [] if labels is None else [_name(labels[k], names)]
         if scores is not None:
             text.append(f"{scores[k]:.2f}")
