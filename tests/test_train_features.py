@@ -111,12 +111,13 @@ def test_bf16_autocast_on_cpu(monkeypatch):
 
     model.train()
     torch.manual_seed(1)
-    out32 = model(samples)
-    loss32 = sum(v * criterion.weight_dict[k] for k, v in criterion(out32, targets).items() if k in criterion.weight_dict)
-    seen.clear()
-    torch.manual_seed(1)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out16 = model(samples)
+    with torch.no_grad():
+        out32 = model(samples)
+        loss32 = sum(v * criterion.weight_dict[k] for k, v in criterion(out32, targets).items() if k in criterion.weight_dict)
+        seen.clear()
+        torch.manual_seed(1)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out16 = model(samples)
     assert out16["pred_logits"].dtype == torch.bfloat16  # autocast was on
     assert seen and all(dtype == torch.float32 and not on for dtype, on in seen)  # kernel in float32
     loss16 = sum(v * criterion.weight_dict[k] for k, v in criterion({k: v for k, v in out16.items()}, targets).items()
