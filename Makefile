@@ -2,6 +2,7 @@
 #   make demo   generate the synthetic data, train the toy model, evaluate, draw predictions
 #   make test   run the whole test suite
 #   make lab    open the course notebooks in JupyterLab
+#   make html   run the course at learner scale and render it to outputs/html/
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -17,7 +18,7 @@ DEMO_OUT    ?= outputs/demo
 DEMO_ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup demo data test lab gpu-check bench clean
+.PHONY: setup demo data test lab html gpu-check bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,8 +41,13 @@ test: $(STAMP)
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/
 
+# Notebooks are committed without outputs; this executes them (learner scale, fresh
+# kernels) and writes readable HTML pages with every figure.
+html: $(STAMP)
+	$(PY) -m ddetr_lib.course.runner --scale learner --html outputs/html --times outputs/html/times.json
+
 bench: $(STAMP)
-	$(PY) -m ddetr_lib.kernels.bench
+	$(PY) benchmarks/kernel_bench.py
 
 gpu-check:
 	bash scripts/gpu_check.sh

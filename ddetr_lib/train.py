@@ -553,7 +553,7 @@ def finish(r: Run) -> None:
         (r.out_dir / "eval.json").write_text(json.dumps(stats, indent=2) + "\n")
         log(format_coco_table(stats))
         try:
-            from ddetr_lib.report import save_prediction_figure
+            from ddetr_lib.viz import save_prediction_figure
 
             fig_path = save_prediction_figure(r.dataset_val, results, r.out_dir / "predictions.png")
             log(f"predictions vs ground truth: {fig_path}")
