@@ -32,7 +32,7 @@ from ddetr_lib.data import (
 )
 from ddetr_lib.data import synthetic
 from ddetr_lib.data.transforms import DropEmptyBoxes, RandomShortSideResize, RandomSizeCrop
-from ddetr_lib.visualize import boxes_to_pixels, denormalize, draw_boxes, plot_dataset_examples
+from ddetr_lib.viz import boxes_to_pixels, denormalize, draw_boxes, plot_dataset_examples
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)

@@ -202,3 +202,28 @@ def check_function(title: str, fn: Callable, cases: Iterable[Sequence], referenc
     if not quiet:
         print(result)
     return result
+
+
+# --------------------------------------------------------------------------- measuring
+def tensor_bytes_created(fn: Callable, *args, **kwargs) -> tuple[Any, int]:
+    """Run ``fn(*args, **kwargs)``; return its result and the bytes of every tensor that a
+    PyTorch operation created meanwhile (intermediates included, whether freed or not).
+
+    A device-independent way to compare how much memory two implementations churn
+    through (notebooks 07 and 08). Memory allocated outside PyTorch operations (inside a
+    Numba kernel, say) is not seen; our kernels allocate their outputs with PyTorch.
+    """
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    class _CountBytes(TorchDispatchMode):
+        total = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            self.total += sum(t.untyped_storage().nbytes() for t in tree_leaves(out) if isinstance(t, torch.Tensor))
+            return out
+
+    with _CountBytes() as counter:
+        result = fn(*args, **kwargs)
+    return result, counter.total

@@ -69,8 +69,10 @@ class HungarianMatcher(nn.Module):
         bs, num_queries = outputs["pred_logits"].shape[:2]
         # Batch all images into one cost matrix: (B*Q, sum N_b). Only the diagonal
         # blocks (image b's queries x image b's targets) are used below.
-        out_logits = outputs["pred_logits"].flatten(0, 1)  # (B*Q, C')
-        out_bbox = outputs["pred_boxes"].flatten(0, 1)  # (B*Q, 4)
+        # float32 even under autocast: in fp16 the costs can overflow and the solver fails
+        dtype = torch.promote_types(outputs["pred_logits"].dtype, torch.float32)
+        out_logits = outputs["pred_logits"].flatten(0, 1).to(dtype)  # (B*Q, C')
+        out_bbox = outputs["pred_boxes"].flatten(0, 1).to(dtype)  # (B*Q, 4)
         tgt_ids = torch.cat([t["labels"] for t in targets]).long()  # (N,)
         tgt_bbox = torch.cat([t["boxes"] for t in targets]).to(out_bbox.dtype)  # (N, 4)
 

@@ -138,6 +138,11 @@ class MSDeformAttn(nn.Module):
         if record is not None:
             record(reference_points, locations, weights)
 
-        output = ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights,
-                                backend=self.backend if backend is None else backend)  # (N, Lq, C)
+        backend = self.backend if backend is None else backend
+        if torch.is_autocast_enabled(value.device.type):  # mixed precision: the kernel runs in float32
+            with torch.autocast(value.device.type, enabled=False):
+                output = ms_deform_attn(value.float(), spatial_shapes, level_start_index, locations.float(),
+                                        weights.float(), backend=backend)  # (N, Lq, C)
+        else:
+            output = ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights, backend=backend)
         return self.output_proj(output)

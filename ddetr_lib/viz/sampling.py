@@ -14,14 +14,16 @@ unpadded image, the same normalised coordinates in which boxes are predicted. Th
 not change when an image is resized, so one rule draws on the image the model saw and
 on the original photo alike: give the size of the picture you draw on.
 
-Pixel convention (matplotlib's ``imshow``): pixel (i, j) covers [j - 0.5, j + 0.5] x
-[i - 0.5, i + 0.5], so a normalised coordinate u becomes ``u * W - 0.5``. On a level's
-own map that is the kernel's rule ``pixel = loc * size - 0.5``.
+Pixel coordinates are those of the whole package (``ddetr_lib.viz.common``): an image
+is drawn over the extent ``(0, W, H, 0)``, pixel (i, j) covers [j, j + 1] x [i, i + 1], so
+a normalised coordinate u sits at ``u * W``. On a level's own map the same rule gives
+``loc * size``; the kernel's bilinear pixel index is that minus 0.5 (its centre rule
+``pixel = loc * size - 0.5``).
 
     points = query_points(record, "decoder", layer=1, query=7, batch_index=0, size=(h, w))
     points.xy         (M, L, P, 2)  image pixels (x, y)
     points.weights    (M, L, P)
-    points.level_xy   (M, L, P, 2)  pixels of each level's map
+    points.level_xy   (M, L, P, 2)  coordinates on each level's map (cell (i, j) = [j, j+1] x [i, i+1])
     fig = plot_query_sampling(image, record, "decoder", 1, 7, outputs=outputs)
 """
 from __future__ import annotations
@@ -42,13 +44,13 @@ def padded_to_image_pixels(xy, valid_ratios, size) -> torch.Tensor:
     xy: (..., 2); valid_ratios: (w, h) ratios of the level each point is on, broadcastable
     to ``xy`` (e.g. (L, 1, 2) for (L, P, 2) points); size: (h, w) of the picture drawn on
     (the image the model saw, or the original before resizing).
-    -> (..., 2) pixel coordinates (x, y), pixel centres at integers.
+    -> (..., 2) pixel coordinates (x, y) on the extent (0, W, H, 0).
     """
     xy = torch.as_tensor(xy, dtype=torch.float64)
     ratios = torch.as_tensor(valid_ratios, dtype=torch.float64)
     h, w = (float(v) for v in size)
     scale = torch.tensor([w, h], dtype=torch.float64)
-    return xy / ratios * scale - 0.5
+    return xy / ratios * scale
 
 
 def sampling_locations_to_pixels(locations, valid_ratios, size) -> torch.Tensor:
@@ -75,12 +77,13 @@ def reference_points_to_pixels(reference_points, valid_ratios, size):
     return centre, torch.cat([centre - half, centre + half], -1)
 
 
-def to_level_pixels(locations, spatial_shapes) -> torch.Tensor:
-    """Sampling locations (..., L, P, 2) -> pixels of each level's padded map:
-    ``loc * (W_l, H_l) - 0.5`` (the kernel's bilinear rule)."""
+def to_level_coords(locations, spatial_shapes) -> torch.Tensor:
+    """Sampling locations (..., L, P, 2) -> coordinates on each level's padded map,
+    ``loc * (W_l, H_l)``: cell (i, j) covers [j, j + 1] x [i, i + 1]. (The kernel reads the
+    bilinear pixel index ``loc * size - 0.5``: the same point, centres at integers.)"""
     shapes = torch.as_tensor(spatial_shapes, dtype=torch.float64)  # (L, 2) rows (H, W)
     wh = shapes.flip(-1)[:, None, :]  # (L, 1, 2) as (W, H)
-    return torch.as_tensor(locations, dtype=torch.float64) * wh - 0.5
+    return torch.as_tensor(locations, dtype=torch.float64) * wh
 
 
 def valid_level_sizes(record: Mapping, batch_index: int = 0) -> torch.Tensor:
@@ -126,8 +129,8 @@ def encoder_query_at(record: Mapping, x: float, y: float, size, level: int = 0, 
     (pixel coordinates of a picture of ``size`` (h, w)); clipped to the valid map."""
     vh, vw = (int(v) for v in valid_level_sizes(record, batch_index)[level])
     h, w = (float(v) for v in size)
-    col = min(max(int(np.floor((x + 0.5) / w * vw)), 0), vw - 1)
-    row = min(max(int(np.floor((y + 0.5) / h * vh)), 0), vh - 1)
+    col = min(max(int(np.floor(x / w * vw)), 0), vw - 1)
+    row = min(max(int(np.floor(y / h * vh)), 0), vh - 1)
     return encoder_query_index(record, level, row, col)
 
 
@@ -136,7 +139,7 @@ def encoder_cell_box(record: Mapping, index: int, size, batch_index: int = 0) ->
     level, row, col = encoder_query_cell(record, index)
     vh, vw = (int(v) for v in valid_level_sizes(record, batch_index)[level])
     h, w = (float(v) for v in size)
-    return np.array([col / vw * w - 0.5, row / vh * h - 0.5, (col + 1) / vw * w - 0.5, (row + 1) / vh * h - 0.5])
+    return np.array([col / vw * w, row / vh * h, (col + 1) / vw * w, (row + 1) / vh * h])
 
 
 # ----------------------------------------------------------------------------- one query
@@ -144,8 +147,8 @@ def encoder_cell_box(record: Mapping, index: int, size, batch_index: int = 0) ->
 class QueryPoints:
     """The sampling points of one query of one layer, ready to draw.
 
-    xy (M, L, P, 2) image pixels; weights (M, L, P); level_xy (M, L, P, 2) pixels of
-    each level's padded map; reference (2,) image pixel of the reference point;
+    xy (M, L, P, 2) image pixels; weights (M, L, P); level_xy (M, L, P, 2) coordinates
+    on each level's padded map; reference (2,) image pixel of the reference point;
     reference_box (4,) pixel (x0, y0, x1, y1) for a box reference, else None;
     level_sizes (L, 2) the valid (h, w) of each level's map; size (h, w) of the picture.
     """
@@ -238,7 +241,7 @@ def query_points(record: Mapping, stage: str, layer: int, query: int, batch_inde
         stage=stage, layer=int(layer), query=int(query),
         xy=sampling_locations_to_pixels(loc, ratios, size).numpy(),
         weights=rec["attention_weights"][batch_index, int(query)].double().numpy(),
-        level_xy=to_level_pixels(loc, record["spatial_shapes"]).numpy(),
+        level_xy=to_level_coords(loc, record["spatial_shapes"]).numpy(),
         reference=centre.numpy(), reference_box=None if box is None else box.numpy(),
         level_sizes=valid_level_sizes(record, batch_index).numpy(),
         size=(int(size[0]), int(size[1])),
@@ -267,96 +270,168 @@ def _label_text(label, score, class_names) -> str:
     return name if score is None else f"{name} {float(score):.2f}"
 
 
+class SamplingArtists:
+    """The artists of one Fig. 6 panel, made once and updated in place (the explorer redraws
+    many times a second this way: no axes clearing, no new artists).
+
+    level_grid: draw on level ``level_grid``'s own map (its valid cells as a grid, the
+    image stretched under it) instead of on the image. The points are one scatter (gid
+    ``"sampling_points"``) coloured and sized by attention weight, heavy points on top;
+    the reference point is a red cross (gid ``"reference_point"``).
+    """
+
+    def __init__(self, ax, *, cmap: str = POINT_CMAP, colorbar: bool | object = True, level_grid: int | None = None):
+        from matplotlib.collections import LineCollection
+        from matplotlib.patches import Rectangle
+
+        self.ax, self.level_grid = ax, level_grid
+        self.image = None  # AxesImage, made on the first picture
+        self._image_key = None
+        ax.set_facecolor("0.85")  # where points fall outside the picture
+        self.others = ax.add_collection(LineCollection([], colors="white", linewidths=0.8, linestyles="--",
+                                                       alpha=0.75, zorder=2))
+        self.points = ax.scatter(np.zeros(0), np.zeros(0), c=np.zeros(0), s=np.zeros(0), cmap=cmap, vmin=0.0,
+                                 vmax=1.0, edgecolors="white", linewidths=0.4, zorder=3)
+        self.points.set_gid("sampling_points")
+        (self.reference,) = ax.plot([], [], marker="x", color="red", markersize=9, markeredgewidth=2.2,
+                                    linestyle="none", zorder=4)
+        self.reference.set_gid("reference_point")
+        self.reference_box = ax.add_patch(Rectangle((0, 0), 0, 0, fill=False, edgecolor="red", linestyle="--",
+                                                    linewidth=1, visible=False))
+        self.box = ax.add_patch(Rectangle((0, 0), 0, 0, fill=False, edgecolor="orange", linewidth=1.8, zorder=2,
+                                          visible=False))
+        self.label = ax.text(0, 0, "", fontsize=8, color="black", va="bottom", ha="left", clip_on=True, zorder=5,
+                             bbox=dict(facecolor="orange", edgecolor="none", alpha=0.85, pad=0.8), visible=False)
+        self.cell = ax.add_patch(Rectangle((0, 0), 0, 0, fill=False, edgecolor="red", linewidth=1.5, zorder=4,
+                                           visible=False))
+        self.colorbar = None
+        if colorbar is not False:
+            cax = None if colorbar is True else colorbar  # an Axes for the bar
+            kw = dict(cax=cax) if cax is not None else dict(ax=ax, fraction=0.046, pad=0.02)
+            self.colorbar = ax.figure.colorbar(self.points, label="attention weight", **kw)
+        if level_grid is None:
+            ax.set_xticks([])
+            ax.set_yticks([])
+
+    def _show_image(self, image, w: float, h: float, alpha: float = 1.0):
+        from ddetr_lib.viz.images import to_numpy_image
+
+        if image is None:
+            return
+        key = (id(image), w, h)
+        if key != self._image_key:  # a new picture (conversion is the slow part: only then)
+            pixels = to_numpy_image(image)
+            if self.image is None:
+                self.image = self.ax.imshow(pixels, extent=(0, w, h, 0), alpha=alpha, zorder=1)
+            else:
+                self.image.set_data(pixels)
+                self.image.set_extent((0, w, h, 0))
+            self._image_key = key
+
+    def update(self, image, points: QueryPoints, *, heads=None, levels=None, top_k: int | None = None, box=None,
+               label=None, score=None, class_names=None, encoder_cell=None, other_boxes=None,
+               vmax: float | None = None, frame_points=None, title: str | None = None):
+        """Show ``points`` (see :func:`draw_query_sampling` for the arguments)."""
+        ax, level = self.ax, self.level_grid
+        h, w = points.size
+        if level is not None:
+            levels = [level]
+        chosen = points.select(heads, levels, top_k) if levels is None or len(levels) else None
+        weights = np.zeros(0) if chosen is None else chosen["weights"]
+        if vmax is None:
+            vmax = float(weights.max()) if weights.size else 1.0
+        if level is None:
+            xy = np.zeros((0, 2)) if chosen is None else chosen["xy"]
+            self._show_image(image, w, h)
+            _fit_limits(ax, xy if frame_points is None else np.asarray(frame_points), w, h)
+            ref = points.reference
+        else:
+            xy = chosen["level_xy"]
+            vh, vw = (int(v) for v in points.level_sizes[level])
+            self._show_image(image, vw, vh, alpha=0.75)
+            if self._grid_size != (vw, vh):
+                self._draw_grid(vw, vh)
+            _fit_limits(ax, xy, vw, vh)
+            ref = points.reference / np.array([w, h]) * np.array([vw, vh])
+        self.points.set_offsets(xy)
+        self.points.set_array(weights)
+        self.points.set_sizes(marker_sizes(weights, vmax))
+        self.points.set_clim(0.0, max(vmax, 1e-12))
+        self.reference.set_data([ref[0]], [ref[1]])
+        on_image = level is None
+        _set_rect(self.reference_box, points.reference_box if on_image and box is None else None)
+        _set_rect(self.box, box if on_image else None)
+        _set_rect(self.cell, encoder_cell if on_image else None)
+        text = _label_text(label, score, class_names) if on_image and box is not None else ""
+        self.label.set_visible(bool(text))
+        if text:
+            self.label.set_text(text)
+            self.label.set_position((float(box[0]), float(box[1])))
+        segments = []
+        for x0, y0, x1, y1 in ([] if other_boxes is None or not on_image else np.asarray(other_boxes)):
+            segments.append([(x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0)])
+        self.others.set_segments(segments)
+        if title is not None:
+            ax.set_title(title, fontsize=9)
+        return self
+
+    _grid_size = None
+
+    def _draw_grid(self, vw: int, vh: int):
+        ax = self.ax
+        ax.set_xticks(np.arange(0, vw + 1), minor=True)  # cell edges: the grid
+        ax.set_yticks(np.arange(0, vh + 1), minor=True)
+        cols, rows = np.arange(0, vw, max(1, vw // 8)), np.arange(0, vh, max(1, vh // 8))
+        ax.set_xticks(cols + 0.5, [str(c) for c in cols])  # cell centres: the cell index
+        ax.set_yticks(rows + 0.5, [str(r) for r in rows])
+        ax.grid(which="minor", color="white", linewidth=0.4, alpha=0.6)
+        ax.tick_params(which="both", length=0, labelsize=6)
+        self._grid_size = (vw, vh)
+
+
+def _set_rect(rect, xyxy):
+    if xyxy is None:
+        rect.set_visible(False)
+        return
+    x0, y0, x1, y1 = (float(v) for v in xyxy)
+    rect.set_bounds(x0, y0, x1 - x0, y1 - y0)
+    rect.set_visible(True)
+
+
 def draw_query_sampling(ax, image, points: QueryPoints, *, heads=None, levels=None, top_k: int | None = None,
-                        box=None, label=None, score=None, class_names=None, encoder_cell=None,
+                        box=None, label=None, score=None, class_names=None, encoder_cell=None, other_boxes=None,
                         vmax: float | None = None, cmap: str = POINT_CMAP, colorbar: bool = True,
-                        level_grid: int | None = None, frame_points=None, title: str | None = None):
+                        level_grid: int | None = None, frame_points=None, title: str | None = None) -> SamplingArtists:
     """Draw one query's sampling points on ``ax`` (Fig. 6 of the paper).
 
     image: the picture (array, PIL, tensor) whose size ``points`` was mapped to; or ``None``.
     heads / levels: subsets to show (default all); top_k: only the heaviest k points.
-    box: pixel (x0, y0, x1, y1) predicted box (decoder query) with ``label`` / ``score``;
-    encoder_cell: pixel box of the feature cell an encoder query sits on.
-    level_grid: draw on level ``level_grid``'s own pixel grid instead of the image
-    (only that level's points). frame_points: (K, 2) points the view must include
-    (default: the points shown; panels side by side pass the union to share one frame).
-    Markers: one scatter (gid ``"sampling_points"``), colour and area by attention
-    weight, heavy points on top; the reference point a cross (gid ``"reference_point"``).
-    Returns a dict of the artists: ``points``, ``reference``, ``colorbar``, ...
+    box: pixel (x0, y0, x1, y1) predicted box (decoder query) with ``label`` / ``score``
+    (names from ``class_names``); a box reference (refine / two-stage) is drawn dashed
+    when no box is given. encoder_cell: pixel box of the feature cell an encoder query
+    sits on. other_boxes: (K, 4) further boxes, drawn faint (other detections).
+    vmax: the weight at the top of the colour scale (default: the largest shown).
+    level_grid: draw on level ``level_grid``'s own grid instead of the image (that level's
+    points only). frame_points: (K, 2) points the view must include (default: those shown;
+    panels side by side pass the union to share one frame).
+    Returns the :class:`SamplingArtists` (``.points`` is the scatter, ``.reference`` the cross).
     """
-    from matplotlib.patches import Rectangle
-
-    from ddetr_lib.visualize import to_numpy_image
-
-    if level_grid is not None:
-        levels = [level_grid]
-    chosen = points.select(heads, levels, top_k)
-    weights = chosen["weights"]
-    vmax = float(weights.max()) if vmax is None and weights.size else float(vmax or 1.0)
-    artists = {}
-    h, w = points.size
-    if level_grid is None:
-        xy = chosen["xy"]
-        if image is not None:
-            artists["image"] = ax.imshow(to_numpy_image(image), extent=(-0.5, w - 0.5, h - 0.5, -0.5))
-        _fit_limits(ax, xy if frame_points is None else np.asarray(frame_points), w, h)
-        ref = points.reference
-    else:
-        # The level's map: its valid part, one square per feature pixel, the image stretched under it.
-        xy = chosen["level_xy"]
-        vh, vw = (int(v) for v in points.level_sizes[level_grid])
-        if image is not None:
-            artists["image"] = ax.imshow(to_numpy_image(image), extent=(-0.5, vw - 0.5, vh - 0.5, -0.5), alpha=0.75)
-        ax.set_xticks(np.arange(-0.5, vw, 1.0), minor=True)
-        ax.set_yticks(np.arange(-0.5, vh, 1.0), minor=True)
-        ax.grid(which="minor", color="white", linewidth=0.4, alpha=0.6)
-        ax.tick_params(which="both", length=0, labelsize=6)
-        _fit_limits(ax, xy, vw, vh)
-        ref = (points.reference + 0.5) / np.array([w, h]) * np.array([vw, vh]) - 0.5
-    sc = ax.scatter(xy[:, 0], xy[:, 1], c=weights, s=marker_sizes(weights, vmax), cmap=cmap, vmin=0.0, vmax=vmax,
-                    edgecolors="white", linewidths=0.4, zorder=3)
-    sc.set_gid("sampling_points")
-    artists["points"] = sc
-    (cross,) = ax.plot([ref[0]], [ref[1]], marker="x", color="red", markersize=9, markeredgewidth=2.2,
-                       linestyle="none", zorder=4)
-    cross.set_gid("reference_point")
-    artists["reference"] = cross
-    if level_grid is None:
-        if points.reference_box is not None and box is None:
-            x0, y0, x1, y1 = points.reference_box
-            artists["reference_box"] = ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False,
-                                                              edgecolor="red", linestyle="--", linewidth=1))
-        if box is not None:
-            x0, y0, x1, y1 = (float(v) for v in box)
-            artists["box"] = ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="orange",
-                                                    linewidth=1.8, zorder=2))
-            text = _label_text(label, score, class_names)
-            if text:
-                artists["label"] = ax.text(x0, y0, text, fontsize=8, color="black", va="bottom", ha="left",
-                                           bbox=dict(facecolor="orange", edgecolor="none", alpha=0.85, pad=0.8),
-                                           clip_on=True, zorder=5)
-        if encoder_cell is not None:
-            x0, y0, x1, y1 = (float(v) for v in encoder_cell)
-            artists["cell"] = ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="red",
-                                                     linewidth=1.5, zorder=4))
-    if colorbar:
-        artists["colorbar"] = ax.figure.colorbar(sc, ax=ax, fraction=0.046, pad=0.02, label="attention weight")
-    if title is not None:
-        ax.set_title(title, fontsize=9)
-    if level_grid is None:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    return artists
+    artists = SamplingArtists(ax, cmap=cmap, colorbar=colorbar, level_grid=level_grid)
+    return artists.update(image, points, heads=heads, levels=levels, top_k=top_k, box=box, label=label, score=score,
+                          class_names=class_names, encoder_cell=encoder_cell, other_boxes=other_boxes, vmax=vmax,
+                          frame_points=frame_points, title=title)
 
 
-def _fit_limits(ax, xy: np.ndarray, w: float, h: float, margin: float = 0.02):
-    """The picture (w x h pixels) plus any point that falls outside it (grey background there)."""
-    ax.set_facecolor("0.85")
-    x0, y0, x1, y1 = -0.5, -0.5, w - 0.5, h - 0.5
+def _fit_limits(ax, xy: np.ndarray, w: float, h: float, margin: float = 0.02, outside: float = 0.25):
+    """The picture (w x h pixels) plus the points that fall outside it (grey background there),
+    at most ``outside`` of its size beyond each edge (so that the picture stays large)."""
+    x0, y0, x1, y1 = 0.0, 0.0, float(w), float(h)
     if len(xy):
         pad = margin * max(w, h)
         x0, x1 = min(x0, xy[:, 0].min() - pad), max(x1, xy[:, 0].max() + pad)
         y0, y1 = min(y0, xy[:, 1].min() - pad), max(y1, xy[:, 1].max() + pad)
+        x0, x1 = max(x0, -outside * w), min(x1, (1 + outside) * w)
+        y0, y1 = max(y0, -outside * h), min(y1, (1 + outside) * h)
     ax.set_xlim(x0, x1)
     ax.set_ylim(y1, y0)
 
@@ -371,7 +446,7 @@ def query_title(points: QueryPoints, heads=None, levels=None, top_k=None) -> str
 def decoder_detection(outputs: Mapping, query: int, batch_index: int, size):
     """(pixel box (4,), label, score) of decoder query ``query`` from the model outputs:
     the best class (sigmoid) and its box on a picture of ``size`` (h, w)."""
-    from ddetr_lib.visualize import boxes_to_pixels
+    from ddetr_lib.viz.images import boxes_to_pixels
 
     prob = outputs["pred_logits"][batch_index, query].sigmoid()
     score, label = prob.max(-1)
@@ -426,7 +501,7 @@ def plot_query_sampling(image, record: Mapping, stage: str, layer: int, query: i
         last = draw_query_sampling(ax, image, pts, top_k=top_k, **common, **panel)
     for ax in list(axes.flat)[n:]:
         ax.set_axis_off()
-    fig.colorbar(last["points"], ax=axes, fraction=0.03, pad=0.01, label="attention weight")
+    fig.colorbar(last.points, ax=axes, fraction=0.03, pad=0.01, label="attention weight")
     if view != "all":
         fig.suptitle(f"{stage} layer {layer}, query {query}" + ("" if top_k is None else f", top {top_k} per panel"),
                      fontsize=10)
