@@ -47,7 +47,7 @@ html: $(STAMP)
 	$(PY) -m ddetr_lib.course.runner --scale learner --html outputs/html --times outputs/html/times.json
 
 bench: $(STAMP)
-	$(PY) -m ddetr_lib.kernels.bench
+	$(PY) benchmarks/kernel_bench.py
 
 gpu-check:
 	bash scripts/gpu_check.sh

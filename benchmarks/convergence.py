@@ -123,9 +123,13 @@ def last_epoch_line(log_path: Path) -> str:
     return lines[-1] if lines else "starting"
 
 
-def run_trainings(args: argparse.Namespace) -> None:
+def run_trainings(args: argparse.Namespace, commands: dict | None = None, nice: int = 0) -> None:
+    """Run one training per name in ``args.configs`` (side by side unless ``args.sequential``),
+    each with ``args.threads`` threads, logging to ``args.work_dir/<name>.log``; print progress.
+    ``commands`` maps name -> command (default: this study's ``train_command``); ``nice`` > 0
+    runs them at that lower priority."""
     args.work_dir.mkdir(parents=True, exist_ok=True)
-    commands = {name: train_command(name, args) for name in args.configs}
+    commands = commands or {name: train_command(name, args) for name in args.configs}
     (args.work_dir / "commands.json").write_text(json.dumps(commands, indent=2) + "\n")
     batches = [[n] for n in args.configs] if args.sequential else [list(args.configs)]
     for batch in batches:
@@ -134,7 +138,8 @@ def run_trainings(args: argparse.Namespace) -> None:
             print("$", " ".join(commands[name]), flush=True)
             log_file = open(args.work_dir / f"{name}.log", "a" if args.resume else "w")
             procs[name] = (subprocess.Popen(commands[name], stdout=log_file, stderr=subprocess.STDOUT,
-                                            env=thread_env(args.threads)), log_file)
+                                            env=thread_env(args.threads),
+                                            preexec_fn=(lambda: os.nice(nice)) if nice > 0 else None), log_file)
         start = time.perf_counter()
         while procs:
             time.sleep(2 if args.steps_per_epoch else 60)
@@ -214,35 +219,20 @@ def summarize(curves: dict) -> dict:
     return summary
 
 
-def plot(curves: dict, path: Path, lr_drop: int | None = None) -> None:
-    import matplotlib
+def plot(logs: dict, path: Path, lr_drop: int | None = None) -> None:
+    """The figure: training loss, AP, AP50 and AP_small against epochs and against wall-clock."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ddetr_lib.viz import plot_learning_curves
 
-    fig, axes = plt.subplots(2, len(METRICS), figsize=(4.2 * len(METRICS), 7), sharey="col")
-    for col, metric in enumerate(METRICS):
-        for name, c in curves.items():
-            kw = dict(color=COLORS[name], label=LABELS[name], marker="o", markersize=3)
-            axes[0, col].plot(c["epoch"], c[metric], **kw)
-            axes[1, col].plot([t / 60 for t in c["train_time_s"]], c[metric], **kw)
-        if lr_drop is not None:
-            axes[0, col].axvline(lr_drop + 0.5, color="gray", linestyle=":", linewidth=1)
-            axes[0, col].text(lr_drop + 0.5, 0, " lr x0.1", color="gray", fontsize=8, rotation=90, va="bottom")
-        axes[0, col].set_title(metric)
-        axes[0, col].set_xlabel("epoch")
-        axes[1, col].set_xlabel("training wall-clock (min, 1 CPU core each)")
-        for row in range(2):
-            axes[row, col].grid(alpha=0.3)
-            axes[row, col].set_ylim(bottom=0)
-    axes[0, 0].set_ylabel("val box AP (COCOeval)")
-    axes[1, 0].set_ylabel("val box AP (COCOeval)")
-    axes[0, 0].legend(loc="upper left")
-    fig.suptitle("Convergence on the synthetic 'default' set: same backbone, widths, queries, schedule")
-    fig.tight_layout()
+    fig = Figure(figsize=(4.0 * (1 + len(METRICS)), 7), constrained_layout=True)
+    axes = fig.subplots(2, 1 + len(METRICS), squeeze=False)
+    plot_learning_curves({LABELS[n]: p for n, p in logs.items()}, metrics=METRICS, axes=axes,
+                         colors={LABELS[n]: COLORS[n] for n in logs}, lr_drop=lr_drop,
+                         time_label="training wall-clock (min, 1 CPU core each)",
+                         title="Convergence on the synthetic 'default' set: same backbone, widths, queries, schedule")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def write_report(args: argparse.Namespace) -> dict:
@@ -271,7 +261,8 @@ def write_report(args: argparse.Namespace) -> dict:
     (args.out / "convergence.json").write_text(json.dumps(report, indent=1) + "\n")
     commands = report["commands"] or {}
     drops = {int(cmd[cmd.index("--lr-drop") + 1]) for cmd in commands.values() if "--lr-drop" in cmd}
-    plot(curves, args.out / "convergence.png", lr_drop=drops.pop() if len(drops) == 1 else None)
+    plot({n: args.work_dir / n / "log.jsonl" for n in curves}, args.out / "convergence.png",
+         lr_drop=drops.pop() if len(drops) == 1 else None)
     print(f"wrote {args.out / 'convergence.json'} and {args.out / 'convergence.png'}")
     print(json.dumps(report["summary"], indent=1))
     return report

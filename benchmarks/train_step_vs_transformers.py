@@ -39,7 +39,7 @@ import torch  # noqa: E402
 
 from ddetr_lib.config import get_config  # noqa: E402
 from ddetr_lib.models import build_criterion, build_model  # noqa: E402
-from ddetr_lib.train import build_optimizer  # noqa: E402
+from ddetr_lib.optim import build_optimizer  # noqa: E402
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "train_step_cpu.json"
 

@@ -21,6 +21,14 @@ from typing import Any
 COCO_TRAIN_SCALES = [480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800]
 
 
+# What differs between the two architectures besides the network itself; a preset
+# sets these explicitly, a config that leaves them None gets its model's values.
+MODEL_DEFAULTS = {
+    "detr": dict(focal_loss=False, position_embedding_offset=0.0),
+    "deformable_detr": dict(focal_loss=True, position_embedding_offset=-0.5),
+}
+
+
 @dataclass
 class Config:
     name: str = "custom"
@@ -44,6 +52,9 @@ class Config:
     num_queries: int = 100
     pre_norm: bool = False
     position_embedding: str = "sine"
+    # Added to the 1-based pixel count before the sine encoding normalises it: 0 in
+    # DETR's official code, -0.5 (the pixel centre) in Deformable DETR's. None: the model's.
+    position_embedding_offset: float | None = None
 
     # --- Deformable DETR ---------------------------------------------------------
     num_feature_levels: int = 4
@@ -54,6 +65,11 @@ class Config:
 
     # --- heads, matcher and loss ---------------------------------------------------
     num_classes: int = 91  # logits indexed by raw category id (COCO ids go up to 90)
+    # Classifier and class loss: False = softmax over C+1 logits ("no object" last) with
+    # cross-entropy (DETR); True = C sigmoid logits with the sigmoid focal loss and the
+    # focal matching cost (Deformable DETR). None: the model's.
+    focal_loss: bool | None = None
+    num_select: int = 100  # sigmoid models: detections kept per image (top-k over queries x classes)
     aux_loss: bool = True
     set_cost_class: float = 1.0
     set_cost_bbox: float = 5.0
@@ -85,6 +101,15 @@ class Config:
     val_max_size: int = 1333
     num_workers: int = 2
 
+    def __post_init__(self):
+        # Fields left at None take the model's own value (also fills configs saved
+        # before these fields existed, e.g. in older checkpoints).
+        if self.model not in MODEL_DEFAULTS:
+            raise ValueError(f"model: unknown {self.model!r}; use one of {sorted(MODEL_DEFAULTS)}")
+        for key, value in MODEL_DEFAULTS[self.model].items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
+
     def replace(self, **overrides: Any) -> "Config":
         unknown = sorted(set(overrides) - {f.name for f in fields(self)})
         if unknown:
@@ -97,7 +122,7 @@ class Config:
 
 def _detr_r50() -> Config:
     # DETR (Carion et al., 2020), R-50, 500-epoch schedule.
-    return Config(name="detr_r50", model="detr")
+    return Config(name="detr_r50", model="detr", focal_loss=False, position_embedding_offset=0.0)
 
 
 def _deformable_detr_r50() -> Config:
@@ -105,6 +130,8 @@ def _deformable_detr_r50() -> Config:
     return Config(
         name="deformable_detr_r50",
         model="deformable_detr",
+        focal_loss=True,
+        position_embedding_offset=-0.5,
         dim_feedforward=1024,
         num_queries=300,
         set_cost_class=2.0,
@@ -151,6 +178,8 @@ def _toy_detr() -> Config:
     return Config(
         name="toy_detr",
         model="detr",
+        focal_loss=False,
+        position_embedding_offset=0.0,
         backbone="toy",
         pretrained_backbone=False,
         frozen_batchnorm=False,
@@ -178,6 +207,8 @@ def _toy_deformable_detr() -> Config:
     return _toy_detr().replace(
         name="toy_deformable_detr",
         model="deformable_detr",
+        focal_loss=True,
+        position_embedding_offset=-0.5,
         dilation=False,  # multi-scale C3-C5 already gives fine levels (16, 8, 4 px cells at 128 px)
         num_feature_levels=3,
         epochs=23,  # about 9 minutes on 2 cores: `make demo` fits in 10

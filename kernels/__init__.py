@@ -2,11 +2,16 @@
 
 Read in this order:
 
-* ``reference.py``  -- the ``grid_sample`` version: the definition, for reading.
-* ``numba_cpu.py``  -- the same function as Numba CPU kernels (the default on CPU).
+* ``naive.py``      -- the definition: the paper's Eq. 3 as plain loops, bilinear
+  interpolation written out (``ms_deform_attn_naive``). Start here.
+* ``reference.py``  -- the same function with ``grid_sample`` (``ms_deform_attn_torch``).
+* ``numba_cpu.py``  -- the naive loop plus named optimisations, as Numba CPU kernels
+  (the default on CPU).
 * ``numba_cuda.py`` -- the same function as Numba CUDA kernels (the default on GPU).
 * ``dispatch.py``   -- ``ms_deform_attn``: input checks and the choice of backend.
-* ``bench.py`` / ``gpu_check.py`` -- side-by-side timings and the GPU check.
+
+Side-by-side timings and the GPU check are tools, not kernels: they live in
+``benchmarks/kernel_bench.py`` and ``benchmarks/gpu_check.py``.
 
 Typical use inside a model::
 
@@ -26,6 +31,7 @@ from .dispatch import (
     level_start_index_from_shapes,
     ms_deform_attn,
 )
+from .naive import ms_deform_attn_naive
 from .numba_cpu import ms_deform_attn_numba_cpu
 from .reference import ms_deform_attn_torch
 
@@ -43,6 +49,7 @@ __all__ = [
     "check_inputs",
     "level_start_index_from_shapes",
     "ms_deform_attn",
+    "ms_deform_attn_naive",
     "ms_deform_attn_numba_cpu",
     "ms_deform_attn_numba_cuda",
     "ms_deform_attn_torch",

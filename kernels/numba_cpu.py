@@ -1,59 +1,70 @@
 """Multi-scale deformable attention on the CPU with Numba (forward and backward).
 
-Why a kernel at all?
---------------------
-The ``grid_sample`` reference (``reference.py``) materialises every sampled
-value, ``(N*M, D, Lq, L*P)``, then multiplies and sums: lots of memory traffic
-and one ``grid_sample`` call per level, forward and backward. Here each sampled
-point is read (four corners of ``D`` contiguous channels), weighted and added
-straight into the output: nothing but the output is written.
+This is the loop of ``naive.py`` -- for every (batch ``n``, query ``q``, head
+``m``, level ``l``, point ``p``): turn the location into pixel coordinates,
+find the four bilinear corners, add ``A * corner weight * value row`` into the
+output -- compiled by Numba, plus the optimisations below. Each is marked in the
+code with its tag, e.g. ``(O3)``.
 
-How the work is split over threads
-----------------------------------
-*Forward*: one ``prange`` iteration per ``(n, q)`` pair (batch x query). Each
-iteration writes only ``out[n, q]``, so threads never write to the same place.
+(O1) Fused weighted sum. The ``grid_sample`` reference (``reference.py``)
+     first materialises every sampled value, ``(N*M, D, Lq, L*P)``, then
+     multiplies and sums (one ``grid_sample`` per level, forward and backward).
+     Here each sample is read (four corners of ``D`` contiguous channels),
+     weighted and added straight into the output: nothing else is written.
 
-*Backward*: the gradient of ``value`` is a *scatter*: every sample adds into
-four rows of ``grad_value``, and two different queries may hit the same row.
-If two threads did that at once one update could be lost (a race). So the
-backward gives each thread a whole *head* ``(n, m)`` -- or a block of channels
-of one head when there are fewer heads than threads -- and loops over all
-queries of that head itself. Rows of ``grad_value[n, :, m, d0:d1]`` then belong
-to exactly one thread: no race, no locks, no atomics. The location and weight
-gradients are sums over channels; when the channels of one head are split into
-``C`` blocks, each block writes its partial sum into its own slice of a
-``(C, ...)`` buffer and the blocks are added at the end.
+(O2) Hand-written gradients. The backward is its own kernel (formulas in
+     ``_backward_kernel``); autograd never sees the per-sample arithmetic.
 
-Innermost loops always run over the ``D`` channels, which are contiguous in
-memory (``value`` is ``(N, S, M, D)``), and are written so that LLVM can
-vectorise them (no branches inside, unsigned indices; see ``_backward_kernel``).
-The kernels see ``value`` as a 2-D array of rows: row ``(n * S + s) * M + m``
-is ``value[n, s, m, :]``.
+(O3) Threads without races. *Forward*: one ``prange`` iteration per ``(n, q)``
+     pair; each writes only ``out[n, q]``. *Backward*: the gradient of
+     ``value`` is a *scatter* (every sample adds into four rows of
+     ``grad_value``, and two queries may hit the same row; two threads doing
+     that at once could lose an update). So each thread gets a whole head
+     ``(n, m)`` -- or a block of its channels when there are fewer heads than
+     threads -- and loops over all queries of that head itself: rows of
+     ``grad_value[n, :, m, d0:d1]`` belong to one thread, no locks, no atomics.
+     The location and weight gradients are sums over channels; with ``C``
+     channel blocks per head each block writes its partial sum into its own
+     slice of a ``(C, ...)`` buffer, added up at the end.
 
-Caveat of the branch-free corners: a corner off the map is read with weight 0
-from a clamped row, so a non-finite value (inf/NaN) in a border pixel can leak
-into a neighbouring sample as NaN where ``grid_sample`` would skip it.
+(O4) Branch-free corners. A corner off the map gets weight 0 and a *clamped*
+     (valid) row, so every sample runs the same loop over the channels, with
+     no branch per corner inside it (a branch there stops vectorisation).
+     Caveat: a non-finite value (inf/NaN) in a border pixel can then leak into
+     a neighbouring sample as NaN where ``grid_sample`` would skip it.
 
-Precision: the per-sample arithmetic (pixel coordinates, bilinear weights,
-the final gradient formulas) is done in float64; per-channel products, the dot
-products over channels and the outputs are in the inputs' dtype.
+(O5) Vectorised channel loops. Innermost loops run over the ``D`` channels,
+     contiguous in memory (``value`` is ``(N, S, M, D)``, seen as a 2-D array
+     of rows: row ``(n * S + s) * M + m`` is ``value[n, s, m, :]``), with
+     *unsigned* indices (``np.uint64``): Numba lets a signed index be negative
+     (Python's ``a[-1]``) and checks for it on every access, which stops LLVM
+     from vectorising; an unsigned index needs no check. In the backward the
+     dot products and the scatter are two separate loops so that each one
+     vectorises.
 
-Compilation: the kernels compile on their first call for each dtype
-(float32 / float64): about 1.5 s each for forward and backward on a 2-core
-machine, so ~6 s for both dtypes. ``cache=True``
-stores the machine code next to this file (``__pycache__``) so later processes
-load it in a fraction of a second.
+(O6) Precision where it is cheap. Per-sample arithmetic (pixel coordinates,
+     bilinear weights, the final gradient formulas) is float64; per-channel
+     products, dot products and outputs stay in the inputs' dtype.
+
+(O7) Threads that sleep when idle (``start_threads``): Numba's OpenMP workers
+     would otherwise spin between our calls and steal a core from PyTorch.
+
+(O8) Compiled once. The kernels compile on their first call for each dtype
+     (about 1.5 s each for forward and backward on a 2-core machine);
+     ``cache=True`` stores the machine code next to this file (``__pycache__``)
+     so later processes load it in a fraction of a second.
 """
 from __future__ import annotations
 
 import math
+import os
 
 import numba
 import numpy as np
 import torch
 from numba import njit, prange
 
-__all__ = ["ms_deform_attn_numba_cpu", "MSDeformAttnNumbaCPU", "forward_numpy", "backward_numpy"]
+__all__ = ["ms_deform_attn_numba_cpu", "MSDeformAttnNumbaCPU", "forward_numpy", "backward_numpy", "start_threads"]
 
 
 @njit(inline="always")
@@ -74,9 +85,46 @@ def _is_outside(x, y, H, W):
     return not (x >= -1.0 and y >= -1.0 and x < W and y < H)
 
 
+@njit(inline="always")
+def _bilinear_corners(x, y, a, H, W, base, M, m):
+    """The four bilinear corners of the pixel point ``(x, y)`` on one level, as in ``naive.bilinear_sample``.
+
+    ``base = n * S + start`` is the level's first token of batch element ``n``.
+    Returns ``fx, fy`` (the point's offset from the top-left corner, each in
+    ``[0, 1)``), the corners' rows of the ``(N*S*M, D)`` value view, whether each
+    corner is on the map, and each corner's weight ``a * area of the opposite
+    sub-rectangle``, in the order top-left, top-right, bottom-left, bottom-right.
+    (O4): a corner off the map gets a clamped (valid) row and weight 0.
+    (Inlined into both kernels: it costs no speed, measured with benchmarks/kernel_bench.py.)
+    """
+    x0 = math.floor(x)
+    y0 = math.floor(y)
+    fx = x - x0
+    fy = y - y0
+    ix0 = int(x0)
+    iy0 = int(y0)
+    ok00 = iy0 >= 0 and ix0 >= 0
+    ok01 = iy0 >= 0 and ix0 + 1 < W
+    ok10 = iy0 + 1 < H and ix0 >= 0
+    ok11 = iy0 + 1 < H and ix0 + 1 < W
+    cy0 = max(iy0, 0)
+    cy1 = min(iy0 + 1, H - 1)
+    cx0 = max(ix0, 0)
+    cx1 = min(ix0 + 1, W - 1)
+    r00 = (base + cy0 * W + cx0) * M + m
+    r01 = (base + cy0 * W + cx1) * M + m
+    r10 = (base + cy1 * W + cx0) * M + m
+    r11 = (base + cy1 * W + cx1) * M + m
+    w00 = a * (1.0 - fy) * (1.0 - fx) if ok00 else 0.0
+    w01 = a * (1.0 - fy) * fx if ok01 else 0.0
+    w10 = a * fy * (1.0 - fx) if ok10 else 0.0
+    w11 = a * fy * fx if ok11 else 0.0
+    return fx, fy, r00, r01, r10, r11, ok00, ok01, ok10, ok11, w00, w01, w10, w11
+
+
 @njit(parallel=True, fastmath=False, cache=True)
 def _forward_kernel(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, out):
-    """out[n, q, m, :] = sum_{l,p} A[n,q,m,l,p] * bilinear(value, level l, head m).
+    """out[n, q, m, :] = sum_{l,p} A[n,q,m,l,p] * bilinear(value, level l, head m): the naive loop.
 
     Shapes:
         value               (N, S, M, D)
@@ -90,9 +138,9 @@ def _forward_kernel(value, spatial_shapes, level_start_index, sampling_locations
     Lq, L, P = sampling_locations.shape[1], sampling_locations.shape[3], sampling_locations.shape[4]
     t = value.dtype.type  # the scalar type of the channels (float32 or float64)
 
-    value2 = value.reshape(N * S * M, D)
+    value2 = value.reshape(N * S * M, D)  # (O5) rows of D contiguous channels
     out2 = out.reshape(N * Lq * M, D)
-    for nq in prange(N * Lq):  # one (batch, query) pair per iteration
+    for nq in prange(N * Lq):  # (O3) one (batch, query) pair per iteration: disjoint writes
         n = nq // Lq
         q = nq - n * Lq
         for m in range(M):
@@ -100,39 +148,20 @@ def _forward_kernel(value, spatial_shapes, level_start_index, sampling_locations
             for l in range(L):
                 H = spatial_shapes[l, 0]
                 W = spatial_shapes[l, 1]
-                start = level_start_index[l]
+                base = n * S + level_start_index[l]
                 for p in range(P):
-                    x, y = _pixel_coords(
+                    x, y = _pixel_coords(  # (O6) per-sample arithmetic in float64
                         np.float64(sampling_locations[n, q, m, l, p, 0]),
                         np.float64(sampling_locations[n, q, m, l, p, 1]), H, W)
                     if _is_outside(x, y, H, W):
                         continue
                     a = np.float64(attention_weights[n, q, m, l, p])
-                    x0 = math.floor(x)
-                    y0 = math.floor(y)
-                    fx = x - x0  # distance from the left corner column, in [0, 1)
-                    fy = y - y0  # distance from the top corner row
-                    ix0 = int(x0)
-                    iy0 = int(y0)
-                    # The four corners: rows of value2 and bilinear weights (a corner's weight is
-                    # the area of the sub-rectangle opposite to it). A corner off the map gets
-                    # weight 0 and a clamped, valid row, so that one branch-free loop over the
-                    # channels handles every sample (see _backward_kernel for why that matters).
-                    cy0 = max(iy0, 0)
-                    cy1 = min(iy0 + 1, H - 1)
-                    cx0 = max(ix0, 0)
-                    cx1 = min(ix0 + 1, W - 1)
-                    base = n * S + start
-                    r00 = (base + cy0 * W + cx0) * M + m
-                    r01 = (base + cy0 * W + cx1) * M + m
-                    r10 = (base + cy1 * W + cx0) * M + m
-                    r11 = (base + cy1 * W + cx1) * M + m
-                    c00 = t(a * (1.0 - fy) * (1.0 - fx)) if (iy0 >= 0 and ix0 >= 0) else t(0.0)
-                    c01 = t(a * (1.0 - fy) * fx) if (iy0 >= 0 and ix0 + 1 < W) else t(0.0)
-                    c10 = t(a * fy * (1.0 - fx)) if (iy0 + 1 < H and ix0 >= 0) else t(0.0)
-                    c11 = t(a * fy * fx) if (iy0 + 1 < H and ix0 + 1 < W) else t(0.0)
+                    _, _, r00, r01, r10, r11, _, _, _, _, w00, w01, w10, w11 = _bilinear_corners(
+                        x, y, a, H, W, base, M, m)
+                    c00, c01, c10, c11 = t(w00), t(w01), t(w10), t(w11)
+                    # (O1) added straight into the output; (O4) no branch; (O5) vectorised over channels.
                     for k in range(D):
-                        d = np.uint64(k)  # unsigned: no negative-index check, the loop vectorises
+                        d = np.uint64(k)
                         out2[o_row, d] += (c00 * value2[r00, d] + c01 * value2[r01, d]) + (
                             c10 * value2[r10, d] + c11 * value2[r11, d])
 
@@ -140,7 +169,7 @@ def _forward_kernel(value, spatial_shapes, level_start_index, sampling_locations
 @njit(parallel=True, fastmath=False, cache=True)
 def _backward_kernel(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
                      grad_out, n_chunks, grad_value, grad_loc_part, grad_attn_part):
-    """Gradients of the forward with respect to value, sampling locations and weights.
+    """(O2) Gradients of the forward with respect to value, sampling locations and weights.
 
     Shapes:
         grad_out        (N, Lq, M, D)
@@ -150,33 +179,26 @@ def _backward_kernel(value, spatial_shapes, level_start_index, sampling_location
 
     Work item (n, m, c) owns channels [c * Dc, (c + 1) * Dc) of head (n, m): it is
     the only writer of grad_value[n, :, m, those channels] and of slice c of the
-    partial buffers. The caller sums the partial buffers over c.
+    partial buffers (O3). The caller sums the partial buffers over c.
 
     With the bilinear weights w00 = (1-fy)(1-fx), w01 = (1-fy)fx, w10 = fy(1-fx),
     w11 = fy fx and g_ij = dot(grad_out, corner_ij) (zero for corners outside):
+        dL/dvalue[corner_ij] += A * w_ij * grad_out
         dL/dA     = sum_ij w_ij g_ij
         dL/dx_pix = A * ((1-fy)(g01 - g00) + fy (g11 - g10))
         dL/dy_pix = A * ((1-fx)(g10 - g00) + fx (g11 - g01))
     and x_pix = loc_x * W - 0.5 gives dL/dloc_x = W * dL/dx_pix (same for y with H).
-
-    Two speed tricks, both about letting LLVM vectorise the channel loops:
-    * Corners outside the map get weight 0 and a *clamped* (valid) row, so every
-      sample runs the same two loops with no branch per corner; their dot
-      products are computed and thrown away, their scatter adds 0.
-    * Channel indices are unsigned (``np.uint64``). Numba lets a signed index be
-      negative (Python's ``a[-1]``) and checks for it on every access; that check
-      stops vectorisation. An unsigned index cannot be negative: no check.
     """
     N, S, M, D = value.shape
     Lq, L, P = sampling_locations.shape[1], sampling_locations.shape[3], sampling_locations.shape[4]
     t = value.dtype.type
     chunk = (D + n_chunks - 1) // n_chunks
-    # Row views: row (n * S + s) * M + m of value2 is value[n, s, m, :]; likewise for the others.
+    # (O5) row views: row (n * S + s) * M + m of value2 is value[n, s, m, :]; likewise for the others.
     value2 = value.reshape(N * S * M, D)
     grad_value2 = grad_value.reshape(N * S * M, D)
     grad_out2 = grad_out.reshape(N * Lq * M, D)
 
-    for item in prange(N * M * n_chunks):
+    for item in prange(N * M * n_chunks):  # (O3) one (head, channel block) per iteration
         n = item // (M * n_chunks)
         rest = item - n * M * n_chunks
         m = rest // n_chunks
@@ -189,7 +211,7 @@ def _backward_kernel(value, spatial_shapes, level_start_index, sampling_location
             for l in range(L):
                 H = spatial_shapes[l, 0]
                 W = spatial_shapes[l, 1]
-                start = level_start_index[l]
+                base = n * S + level_start_index[l]
                 for p in range(P):
                     x, y = _pixel_coords(
                         np.float64(sampling_locations[n, q, m, l, p, 0]),
@@ -197,33 +219,11 @@ def _backward_kernel(value, spatial_shapes, level_start_index, sampling_location
                     if _is_outside(x, y, H, W):
                         continue
                     a = np.float64(attention_weights[n, q, m, l, p])
-                    x0 = math.floor(x)
-                    y0 = math.floor(y)
-                    fx = x - x0
-                    fy = y - y0
-                    ix0 = int(x0)
-                    iy0 = int(y0)
-                    # Which corners are on the map.
-                    ok00 = iy0 >= 0 and ix0 >= 0
-                    ok01 = iy0 >= 0 and ix0 + 1 < W
-                    ok10 = iy0 + 1 < H and ix0 >= 0
-                    ok11 = iy0 + 1 < H and ix0 + 1 < W
-                    # Clamped corner rows (always valid addresses).
-                    cy0 = max(iy0, 0)
-                    cy1 = min(iy0 + 1, H - 1)
-                    cx0 = max(ix0, 0)
-                    cx1 = min(ix0 + 1, W - 1)
-                    base = n * S + start
-                    r00 = (base + cy0 * W + cx0) * M + m
-                    r01 = (base + cy0 * W + cx1) * M + m
-                    r10 = (base + cy1 * W + cx0) * M + m
-                    r11 = (base + cy1 * W + cx1) * M + m
+                    fx, fy, r00, r01, r10, r11, ok00, ok01, ok10, ok11, w00, w01, w10, w11 = _bilinear_corners(
+                        x, y, a, H, W, base, M, m)
                     # What each corner's grad_value row receives: A * w_ij * grad_out.
-                    c00 = t(a * (1.0 - fy) * (1.0 - fx)) if ok00 else t(0.0)
-                    c01 = t(a * (1.0 - fy) * fx) if ok01 else t(0.0)
-                    c10 = t(a * fy * (1.0 - fx)) if ok10 else t(0.0)
-                    c11 = t(a * fy * fx) if ok11 else t(0.0)
-                    # Loop 1: the four dot products (four independent sums).
+                    c00, c01, c10, c11 = t(w00), t(w01), t(w10), t(w11)
+                    # Loop 1 (O5): the four dot products (four independent sums).
                     s00 = t(0.0)
                     s01 = t(0.0)
                     s10 = t(0.0)
@@ -235,7 +235,7 @@ def _backward_kernel(value, spatial_shapes, level_start_index, sampling_location
                         s01 += g * value2[r01, d]
                         s10 += g * value2[r10, d]
                         s11 += g * value2[r11, d]
-                    # Loop 2: the scatter into grad_value (no reduction: vectorises).
+                    # Loop 2 (O5): the scatter into grad_value (no reduction: vectorises).
                     for k in range(n_ch):
                         d = ud0 + np.uint64(k)
                         g = grad_out2[go_row, d]
@@ -243,6 +243,7 @@ def _backward_kernel(value, spatial_shapes, level_start_index, sampling_location
                         grad_value2[r01, d] += c01 * g
                         grad_value2[r10, d] += c10 * g
                         grad_value2[r11, d] += c11 * g
+                    # (O6) the per-sample gradient formulas in float64.
                     g00 = np.float64(s00) if ok00 else 0.0
                     g01 = np.float64(s01) if ok01 else 0.0
                     g10 = np.float64(s10) if ok10 else 0.0
@@ -267,11 +268,50 @@ def _choose_n_chunks(n_heads_total: int, D: int) -> int:
     return max(1, min(want, D // 8))
 
 
+_threads_started = False
+
+
+def start_threads() -> None:
+    """Start Numba's worker threads, once, with OpenMP told to *sleep* when idle.
+
+    Numba's default threading layer here is OpenMP, and it brings its own copy of
+    the OpenMP runtime: a second pool of worker threads next to PyTorch's. OpenMP's
+    default is to let an idle worker *spin* (busy-wait) for a while before sleeping,
+    so that the next parallel region starts a few microseconds sooner. A training
+    step alternates between PyTorch ops and our kernels, so each pool's idle worker
+    spins while the other pool works: a core lost. On a quiet 2-core machine that
+    costs a little; when another program keeps a core busy it is the difference
+    between sharing one core and sharing it three ways, and our step slowed down
+    much more than PyTorch's own (``benchmarks/load_bench.py`` measures it).
+
+    Our kernels run a few dozen times per training step and each call lasts
+    milliseconds, so waking a sleeping worker (tens of microseconds) costs nothing
+    measurable. ``OMP_WAIT_POLICY=PASSIVE`` is set only while Numba loads its
+    OpenMP runtime (the runtime reads it then) and removed again, so PyTorch and
+    child processes are not affected. If you set ``OMP_WAIT_POLICY`` or
+    ``GOMP_SPINCOUNT`` yourself, they are left alone.
+    """
+    global _threads_started
+    if _threads_started:
+        return
+    _threads_started = True
+    from numba.np.ufunc import parallel
+
+    if parallel._is_initialized or "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
+        return
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    try:
+        parallel._launch_threads()
+    finally:
+        del os.environ["OMP_WAIT_POLICY"]
+
+
 def forward_numpy(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
     """Forward on NumPy arrays (C-contiguous, same float dtype). Returns ``(N, Lq, M, D)``."""
     N, S, M, D = value.shape
     Lq = sampling_locations.shape[1]
     out = np.zeros((N, Lq, M, D), dtype=value.dtype)
+    start_threads()  # (O7)
     _forward_kernel(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, out)
     return out
 
@@ -282,6 +322,7 @@ def backward_numpy(value, spatial_shapes, level_start_index, sampling_locations,
     Returns ``(grad_value, grad_sampling_locations, grad_attention_weights)``.
     """
     N, S, M, D = value.shape
+    start_threads()  # (O7) before _choose_n_chunks: numba.get_num_threads() would start them with the defaults
     C = _choose_n_chunks(N * M, D)
     # zeros_like writes the zeros in address order, so fresh memory pages are mapped
     # here in one sweep; with np.zeros the OS would map them one by one during the

@@ -29,7 +29,7 @@ if [ -n "$KIND" ]; then KIND_ARGS=(--kind "$KIND"); fi
 if ! "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" >/dev/null 2>&1; then
     TMP="$(mktemp -d)"
     echo "== no CUDA GPU here: dry run of the GPU check (CPU, tiny shapes, CUDA simulator)"
-    if ! "$PY" -m ddetr_lib.kernels.gpu_check --dry-run --out "$TMP" "${KIND_ARGS[@]}"; then
+    if ! "$PY" benchmarks/gpu_check.py --dry-run --out "$TMP" "${KIND_ARGS[@]}"; then
         echo "gpu_check: the dry run FAILED" >&2
         exit 1
     fi
@@ -47,5 +47,5 @@ else
 fi
 
 echo "== COCO shapes: numba_cuda vs torch reference"
-timeout 180 "$PY" -m ddetr_lib.kernels.gpu_check --out benchmarks/results "${KIND_ARGS[@]}" || STATUS=1
+timeout 180 "$PY" benchmarks/gpu_check.py --out benchmarks/results "${KIND_ARGS[@]}" || STATUS=1
 exit $STATUS

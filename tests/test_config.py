@@ -65,3 +65,26 @@ def test_parse_override_types():
         parse_override("nokey", cfg)
     with pytest.raises(ValueError):
         parse_override("nope=1", cfg)
+
+
+def test_model_family_fields_are_explicit():
+    # What differs between DETR and Deformable DETR besides the network is a plain field.
+    for name in PRESETS:
+        c = get_config(name)
+        deformable = c.model == "deformable_detr"
+        assert c.focal_loss is deformable
+        assert c.position_embedding_offset == (-0.5 if deformable else 0.0)
+        assert c.num_select == 100
+    assert parse_override("position_embedding_offset=-0.5", Config()) == ("position_embedding_offset", -0.5)
+    assert parse_override("focal_loss=false", Config()) == ("focal_loss", False)
+
+
+def test_config_saved_before_the_model_fields_existed():
+    # A config dict from an older checkpoint has no focal_loss / position_embedding_offset:
+    # the model's own values fill them in (a silent 0.0 offset would change the model).
+    saved = get_config("toy_deformable_detr").to_dict()
+    del saved["focal_loss"], saved["position_embedding_offset"]
+    c = Config(**saved)
+    assert c.focal_loss is True and c.position_embedding_offset == -0.5
+    with pytest.raises(ValueError, match="model"):
+        Config(model="yolo")

@@ -48,3 +48,13 @@ def test_load_model_reads_a_shipped_checkpoint():
     assert cfg.model == "deformable_detr" and not model.training
     out = model([torch.rand(3, 96, 128)])
     assert out["pred_boxes"].shape == (1, cfg.num_queries, 4)
+
+
+def test_tensor_bytes_created_counts_intermediates():
+    x = torch.zeros(10, 10)  # 400 bytes
+
+    def two_ops(t):
+        return (t + 1) * 2  # two new (10, 10) float32 tensors
+
+    out, total = course.tensor_bytes_created(two_ops, x)
+    assert total == 2 * 400 and out.shape == (10, 10)

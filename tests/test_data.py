@@ -31,8 +31,8 @@ from ddetr_lib.data import (
     short_side_resize_size,
 )
 from ddetr_lib.data import synthetic
-from ddetr_lib.data.transforms import RandomShortSideResize, RandomSizeCrop
-from ddetr_lib.visualize import boxes_to_pixels, denormalize, draw_boxes, plot_dataset_examples
+from ddetr_lib.data.transforms import DropEmptyBoxes, RandomShortSideResize, RandomSizeCrop
+from ddetr_lib.viz import boxes_to_pixels, denormalize, draw_boxes, plot_dataset_examples
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
@@ -204,10 +204,8 @@ def test_error_image_size_disagrees_with_annotation(tmp_path):
     _assert_one_line_naming(err, str(img_dir / "a.jpg"))
 
 
-def test_num_classes_from_annotations(quirks):
-    assert max_category_id(quirks["ann_file"]) == 90
-    ds = CocoDetection(quirks["img_dir"], quirks["ann_file"])
-    assert ds.num_classes_from_annotations() == 91
+def test_max_category_id(quirks):
+    assert max_category_id(quirks["ann_file"]) == 90  # ids 1, 5, 90: the default num_classes is 91
 
 
 def test_pycocotools_is_silent_and_coco_attribute(quirks, capsys):
@@ -384,7 +382,7 @@ def test_crop_keeps_boxes_on_the_pixels():
         out_img, out_t = crop(image, target)
         h, w = out_img.shape[-2:]
         assert 25 <= w <= 70 and 25 <= h <= 70
-        out_img, out_t = v2.SanitizeBoundingBoxes(min_size=1)(out_img, out_t)
+        out_img, out_t = DropEmptyBoxes()(out_img, out_t)
         white = out_img[0] == 255
         boxes = out_t["boxes"].as_subclass(torch.Tensor)
         assert len(boxes) == len(out_t["labels"])
@@ -397,6 +395,32 @@ def test_crop_keeps_boxes_on_the_pixels():
         # ... and every white pixel is inside a box
         assert torch.equal(covered, white)
     assert kept_partial > 0  # some crops cut a box
+
+
+def test_box_filter_only_drops_empty_boxes_after_a_crop():
+    """As in the official code: a crop drops the boxes it leaves empty (with their labels,
+    areas and crowd flags); a resize never drops a box, even one shrunk under a pixel."""
+    from torchvision.transforms.v2 import functional as F
+
+    boxes_xyxy = [[2, 2, 10, 10], [30, 30, 31, 38]]
+    image, target = _sample(40, 40, boxes_xyxy, labels=[3, 7])
+    target["iscrowd"] = torch.tensor([0, 1])
+    image = v2.ToImage()(image)
+    # the window (top 0, left 0, 20 x 20) keeps the first box whole and leaves the second empty
+    img = F.crop(image, 0, 0, 20, 20)
+    cropped = F.crop(target["boxes"], 0, 0, 20, 20)
+    assert cropped.as_subclass(torch.Tensor)[1].tolist() == [20.0, 20.0, 20.0, 20.0]  # clipped to nothing
+    _, t = DropEmptyBoxes()(img, {**target, "boxes": cropped})
+    assert t["boxes"].as_subclass(torch.Tensor).tolist() == [[2.0, 2.0, 10.0, 10.0]]
+    assert t["labels"].tolist() == [3] and t["area"].tolist() == [64.0] and t["iscrowd"].tolist() == [0]
+    assert isinstance(t["boxes"], tv_tensors.BoundingBoxes) and t["boxes"].canvas_size == (20, 20)
+    # Resizing 40 -> 10 px makes the 1-px-wide box 0.25 px wide: kept in val and in train.
+    cfg = _cfg(val_size=10, val_max_size=1000, train_scales=[10], train_max_size=1000, random_crop=False)
+    for image_set in ("val", "train"):
+        image, target = _sample(40, 40, boxes_xyxy, labels=[3, 7])
+        _, t = make_transforms(image_set, cfg)(image, target)
+        assert t["labels"].tolist() == [3, 7], image_set
+        assert sorted(t["boxes"][:, 2].tolist()) == pytest.approx([1 / 40, 8 / 40])
 
 
 def test_train_pipeline_boxes_follow_pixels():
@@ -587,7 +611,7 @@ def test_synthetic_skips_identical_and_regenerates(tmp_path, capsys):
 def test_dataloader_on_synthetic(demo_dir):
     cfg = _cfg()
     ds = build_dataset("train", demo_dir, cfg)
-    assert ds.num_classes_from_annotations() == 5  # 4 classes, ids 1..4
+    assert max_category_id(ds.ann_file) + 1 == 5  # 4 classes, ids 1..4
     loader = torch.utils.data.DataLoader(ds, batch_size=4, shuffle=False, collate_fn=collate_fn)
     torch.manual_seed(0)
     samples, targets = next(iter(loader))

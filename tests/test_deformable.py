@@ -59,7 +59,7 @@ def test_heads_shared_or_cloned():
 
 # ----------------------------------------------------------------------------- MSDeformAttn
 def test_initial_sampling_offsets_grid():
-    attn = MSDeformAttn(d_model=32, n_levels=3, n_heads=8, n_points=2)
+    attn = MSDeformAttn(d_model=32, num_feature_levels=3, nheads=8, n_points=2)
     # The 8 heads point at the 8 neighbours, counter-clockwise from +x (y points down
     # in the image, so "counter-clockwise" in (x, y) maths coordinates).
     directions = torch.tensor([[1, 0], [1, 1], [0, 1], [-1, 1], [-1, 0], [-1, -1], [0, -1], [1, -1]],
@@ -72,7 +72,7 @@ def test_initial_sampling_offsets_grid():
     assert torch.all(attn.sampling_offsets.weight == 0)
     assert torch.all(attn.attention_weights.weight == 0) and torch.all(attn.attention_weights.bias == 0)
     assert torch.all(attn.value_proj.bias == 0) and torch.all(attn.output_proj.bias == 0)
-    four = MSDeformAttn(d_model=16, n_levels=1, n_heads=4, n_points=1).sampling_offsets.bias.view(4, 2)
+    four = MSDeformAttn(d_model=16, num_feature_levels=1, nheads=4, n_points=1).sampling_offsets.bias.view(4, 2)
     assert torch.allclose(four, torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]]), atol=1e-6)
 
 
@@ -91,7 +91,7 @@ def bilinear(feat, x, y):
 def naive_ms_deform_attn(attn: MSDeformAttn, query, ref, inp, shapes, padding_mask):
     """Eq. 3 of the paper with explicit loops over batch, query, head, level, point."""
     n, len_q, c = query.shape
-    M, L, P = attn.n_heads, attn.n_levels, attn.n_points
+    M, L, P = attn.nheads, attn.num_feature_levels, attn.n_points
     d = c // M
     value = inp @ attn.value_proj.weight.T + attn.value_proj.bias  # (N, S, C)
     value = value * (~padding_mask)[..., None]

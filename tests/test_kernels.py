@@ -1,7 +1,8 @@
 """Tests of the multi-scale deformable attention kernels (``ddetr_lib.kernels``).
 
 What is compared with what:
-* the ``grid_sample`` reference against a hand-computed case and a naive Python loop;
+* the naive loop (``kernels/naive.py``) and the ``grid_sample`` reference against a
+  hand-computed case, and the reference against the naive loop;
 * every other backend against the reference: output and the three gradients,
   float64 (tight) and float32 (relative 1e-4), over random, border and
   out-of-range locations, 1-pixel levels, several batch sizes and the official
@@ -17,7 +18,6 @@ This file doubles as the simulator worker: ``python tests/test_kernels.py --cuda
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -29,6 +29,7 @@ from ddetr_lib.kernels import (
     available_backends,
     level_start_index_from_shapes,
     ms_deform_attn,
+    ms_deform_attn_naive,
     ms_deform_attn_torch,
 )
 
@@ -131,43 +132,30 @@ def test_reference_hand_computed():
     ]
     loc = torch.tensor([p for p, _ in points], dtype=torch.float64).view(1, len(points), 1, 1, 1, 2)
     attn = torch.ones(1, len(points), 1, 1, 1, dtype=torch.float64)
-    out = ms_deform_attn_torch(value, ss, lsi, loc, attn)
     expected = torch.tensor([e for _, e in points], dtype=torch.float64).view(1, len(points), 1)
-    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
-
-
-def naive_ms_deform_attn(value, spatial_shapes, sampling_locations, attention_weights):
-    """The definition, as literally as possible: Python loops over everything."""
-    N, S, M, D = value.shape
-    _, Lq, _, L, P, _ = sampling_locations.shape
-    out = torch.zeros(N, Lq, M, D, dtype=value.dtype)
-    start = 0
-    starts = []
-    for h, w in spatial_shapes.tolist():
-        starts.append(start)
-        start += h * w
-    for n in range(N):
-        for q in range(Lq):
-            for m in range(M):
-                for lid, (H, W) in enumerate(spatial_shapes.tolist()):
-                    for p in range(P):
-                        x = sampling_locations[n, q, m, lid, p, 0].item() * W - 0.5
-                        y = sampling_locations[n, q, m, lid, p, 1].item() * H - 0.5
-                        x0, y0 = math.floor(x), math.floor(y)
-                        for yy, wy in ((y0, 1 - (y - y0)), (y0 + 1, y - y0)):
-                            for xx, wx in ((x0, 1 - (x - x0)), (x0 + 1, x - x0)):
-                                if 0 <= yy < H and 0 <= xx < W:
-                                    a = attention_weights[n, q, m, lid, p].item()
-                                    out[n, q, m] += a * wy * wx * value[n, starts[lid] + yy * W + xx, m]
-    return out.view(N, Lq, M * D)
+    for fn in (ms_deform_attn_torch, ms_deform_attn_naive):
+        out = fn(value, ss, lsi, loc, attn)
+        torch.testing.assert_close(out, expected, rtol=0, atol=1e-12, msg=lambda m: f"{fn.__name__}: {m}")
 
 
 @pytest.mark.parametrize("loc_mode", ["random", "border"])
 def test_reference_matches_naive_loop(loc_mode):
     value, ss, lsi, loc, attn = make_case(N=2, Lq=3, M=2, D=3, shapes=((4, 4), (2, 1)), P=2, loc_mode=loc_mode)
-    want = naive_ms_deform_attn(value, ss, loc, attn)
+    want = ms_deform_attn_naive(value, ss, lsi, loc, attn)
     got = ms_deform_attn_torch(value, ss, lsi, loc, attn)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+
+
+def test_naive_loop_gradients_match_reference():
+    """Autograd through the naive loop gives the reference's three gradients (away from pixel edges)."""
+    inputs = make_case(N=1, Lq=3, M=2, D=3, shapes=((4, 4), (2, 1)), P=2, seed=2)
+    value, ss, lsi, loc, attn = [t.detach().clone() for t in inputs]
+    for t in (value, loc, attn):
+        t.requires_grad_(True)
+    out = ms_deform_attn_naive(value, ss, lsi, loc, attn)
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)
+    got = (out.detach(),) + torch.autograd.grad(out, (value, loc, attn), grad_out)
+    assert_matches(got, run_with_grads(inputs, "torch"), torch.float64)
 
 
 # --------------------------------------------------------------------------------------

@@ -74,7 +74,7 @@ def test_matcher_reaches_brute_force_minimum(focal, seed):
     num_classes = 5
     weights = (2.0, 5.0, 2.0) if focal else (1.0, 5.0, 2.0)
     logits, boxes, labels, tboxes = random_case(g, 4, 3, num_classes if focal else num_classes + 1, num_classes)
-    matcher = HungarianMatcher(*weights, focal=focal)
+    matcher = HungarianMatcher(*weights, focal_loss=focal)
     (i, j), = matcher({"pred_logits": logits[None], "pred_boxes": boxes[None]},
                       [{"labels": labels, "boxes": tboxes}])
     assert i.dtype == torch.int64 and j.dtype == torch.int64

@@ -206,7 +206,7 @@ def test_encoder_and_decoder_layers_against_formula():
     out = dec(tgt, src, memory_key_padding_mask=mask, pos=pos, query_pos=query_pos)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
 
-    pre = TransformerEncoderLayer(c, 2, 16, dropout=0.0, normalize_before=True).eval()
+    pre = TransformerEncoderLayer(c, 2, 16, dropout=0.0, pre_norm=True).eval()
     n = pre.norm1(src)
     x = src + mha_ref(pre.self_attn, n + pos, n + pos, n, mask)
     expected = x + pre.linear2(torch.relu(pre.linear1(pre.norm2(x))))
@@ -217,7 +217,7 @@ def test_transformer_decoder_starts_from_zeros_and_returns_normed_layers():
     from ddetr_lib.models.transformer import Transformer
 
     torch.manual_seed(0)
-    tr = Transformer(d_model=8, nhead=2, num_encoder_layers=1, num_decoder_layers=2, dim_feedforward=16,
+    tr = Transformer(d_model=8, nheads=2, num_encoder_layers=1, num_decoder_layers=2, dim_feedforward=16,
                      dropout=0.0, return_intermediate_dec=True).eval()
     src, pos = torch.randn(2, 8, 2, 3), torch.randn(2, 8, 2, 3)
     mask = torch.zeros(2, 2, 3, dtype=torch.bool)

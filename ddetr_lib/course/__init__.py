@@ -129,8 +129,10 @@ class CheckResult:
     def __bool__(self) -> bool:
         return bool(self.passed)
 
-    def _repr_pretty_(self, p, cycle):  # IPython shows the line, not the dataclass
-        p.text(str(self))
+    def _ipython_display_(self):
+        # The check already printed its line; a notebook cell that ends with the call
+        # would otherwise show it a second time. print(result) shows it again on purpose.
+        pass
 
 
 def _describe(x: Any) -> str:
@@ -200,3 +202,28 @@ def check_function(title: str, fn: Callable, cases: Iterable[Sequence], referenc
     if not quiet:
         print(result)
     return result
+
+
+# --------------------------------------------------------------------------- measuring
+def tensor_bytes_created(fn: Callable, *args, **kwargs) -> tuple[Any, int]:
+    """Run ``fn(*args, **kwargs)``; return its result and the bytes of every tensor that a
+    PyTorch operation created meanwhile (intermediates included, whether freed or not).
+
+    A device-independent way to compare how much memory two implementations churn
+    through (notebooks 07 and 08). Memory allocated outside PyTorch operations (inside a
+    Numba kernel, say) is not seen; our kernels allocate their outputs with PyTorch.
+    """
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    class _CountBytes(TorchDispatchMode):
+        total = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            self.total += sum(t.untyped_storage().nbytes() for t in tree_leaves(out) if isinstance(t, torch.Tensor))
+            return out
+
+    with _CountBytes() as counter:
+        result = fn(*args, **kwargs)
+    return result, counter.total

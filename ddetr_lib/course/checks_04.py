@@ -67,7 +67,7 @@ def check_focal_loss(fn) -> CheckResult:
 def _reference_focal_cost(pred_logits, tgt_labels, alpha, gamma):
     from ddetr_lib.models import HungarianMatcher
 
-    return HungarianMatcher(focal=True, focal_alpha=alpha, focal_gamma=gamma).class_cost(pred_logits, tgt_labels)
+    return HungarianMatcher(focal_loss=True, focal_alpha=alpha, focal_gamma=gamma).class_cost(pred_logits, tgt_labels)
 
 
 def check_focal_class_cost(fn) -> CheckResult:

@@ -18,6 +18,7 @@ from ddetr_lib.data.coco import (
     max_category_id,
 )
 from ddetr_lib.data.transforms import (
+    DropEmptyBoxes,
     IMAGENET_MEAN,
     IMAGENET_STD,
     RandomShortSideResize,
@@ -40,6 +41,7 @@ __all__ = [
     "SyntheticSpec",
     "generate",
     "object_size_stats",
+    "DropEmptyBoxes",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "RandomShortSideResize",

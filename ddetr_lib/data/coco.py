@@ -35,6 +35,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from pycocotools.coco import COCO
 from torchvision import tv_tensors
+from torchvision.ops import box_convert
 
 from ddetr_lib.utils import NestedTensor, nested_tensor_from_tensor_list
 
@@ -218,11 +219,6 @@ class CocoDetection(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
-    def num_classes_from_annotations(self) -> int:
-        """``max category id + 1``: the number of logits when classes are indexed by raw id."""
-        ids = list(self.coco.cats) + [a["category_id"] for a in self.coco.anns.values()]
-        return int(max(ids)) + 1 if ids else 1
-
     def load_image(self, index: int) -> Image.Image:
         info = self.coco.imgs[self.ids[index]]
         path = self.img_folder / info["file_name"]
@@ -244,7 +240,7 @@ class CocoDetection(torch.utils.data.Dataset):
             anns = [a for a in anns if not a.get("iscrowd", 0)]
 
         xywh = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)  # (K, 4)
-        xyxy = torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], dim=1)  # (K, 4) x0 y0 x1 y1
+        xyxy = box_convert(xywh, "xywh", "xyxy")  # (K, 4) x0 y0 x1 y1
         xyxy[:, 0::2] = xyxy[:, 0::2].clamp(0, w)
         xyxy[:, 1::2] = xyxy[:, 1::2].clamp(0, h)
         keep = (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])  # (K,) drop empty boxes

@@ -19,6 +19,7 @@ The training recipe is the official Deformable DETR one (DETR's, too)::
         RandomShortSideResize(train_scales, max_size=train_max_size),
         [RandomShortSideResize(crop_resize_choices),          # no cap
          RandomSizeCrop(crop_min, crop_max),
+         DropEmptyBoxes(),                                    # the only box filter
          RandomShortSideResize(train_scales, max_size=train_max_size)],
     )
     normalise
@@ -28,10 +29,13 @@ and validation is ``RandomShortSideResize([val_size], max_size=val_max_size)``
 
 Choices worth knowing:
 
-* Boxes that a crop cuts down to less than 1 pixel in width or height are
-  dropped (``v2.SanitizeBoundingBoxes(min_size=1)``), together with their
-  labels, areas and crowd flags.  (The official code drops only boxes of zero
-  width/height; a sliver under a pixel wide is not an object one can detect.)
+* Boxes are dropped in one place only, as in the official code: right after
+  the random crop, a box the crop left empty (no width or no height inside
+  the window) goes, together with its label, area and crowd flag
+  (:class:`DropEmptyBoxes`).  A box that a resize shrinks below a pixel is
+  kept (it is still an object, and the loss works on normalised boxes), and
+  validation drops nothing.  (Empty boxes in the annotation file are dropped
+  when it is read, see :mod:`ddetr_lib.data.coco`.)
 * ``target["area"]`` after the transforms is the **box area in pixels of the
   transformed image**, recomputed at the end.  (The official code scales the
   annotation's segment area by the resize factor but recomputes box areas after
@@ -170,16 +174,35 @@ class ToDetrTarget:
         return "ToDetrTarget()"
 
 
-def _target_tensors(inputs) -> tuple[torch.Tensor, ...]:
-    """What SanitizeBoundingBoxes must filter along with the boxes: labels, area, iscrowd."""
-    target = inputs[1]
-    return tuple(target[k] for k in ("labels", "area", "iscrowd") if k in target)
+class DropEmptyBoxes:
+    """After a crop: drop the boxes with no width or no height left, with their per-box fields.
+
+    The official ``crop`` keeps a box when ``x1 > x0`` and ``y1 > y0`` after
+    clipping it to the window.  (``F.crop`` has already clipped the boxes.)
+    Takes and returns ``(image, target)``; ``labels``, ``area`` and ``iscrowd``
+    are filtered with the boxes.
+    """
+
+    per_box = ("labels", "area", "iscrowd")
+
+    def __call__(self, image, target):
+        boxes = target["boxes"]  # (K, 4) BoundingBoxes, pixel XYXY
+        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # (K,)
+        if bool(keep.all()):
+            return image, target
+        target = dict(target)
+        target["boxes"] = tv_tensors.wrap(boxes.as_subclass(torch.Tensor)[keep], like=boxes)
+        for key in self.per_box:
+            if key in target:
+                target[key] = target[key][keep]
+        return image, target
+
+    def __repr__(self) -> str:
+        return "DropEmptyBoxes()"
 
 
 def _normalize_steps() -> list:
     return [
-        v2.ClampBoundingBoxes(),
-        v2.SanitizeBoundingBoxes(min_size=1, labels_getter=_target_tensors),
         v2.ToDtype(torch.float32, scale=True),  # uint8 [0, 255] -> float [0, 1] (images only)
         v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
         ToDetrTarget(),
@@ -199,6 +222,7 @@ def make_transforms(image_set: str, cfg) -> v2.Compose:
             [
                 RandomShortSideResize(cfg.crop_resize_choices),
                 RandomSizeCrop(cfg.crop_min, cfg.crop_max),
+                DropEmptyBoxes(),
                 RandomShortSideResize(cfg.train_scales, max_size=cfg.train_max_size),
             ]
         )

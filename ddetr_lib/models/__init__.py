@@ -33,43 +33,47 @@ __all__ = [
     "build_position_encoding", "build_matcher", "DETR", "MLP", "PostProcess", "SetCriterion",
     "HungarianMatcher", "Transformer", "capture_attention", "load_official_checkpoint",
     "DeformableDETR", "DeformableTransformer", "MSDeformAttn", "PostProcessDeformable", "capture_deformable",
-    "set_attention_backend", "build_deformable_transformer",
+    "set_attention_backend", "build_deformable_transformer", "build_detr", "build_deformable_detr",
 ]
+
+def build_detr(cfg) -> DETR:
+    backbone = build_backbone(cfg, return_interm_layers=False)  # C5 only
+    return DETR(backbone, build_transformer(cfg), num_classes=cfg.num_classes, num_queries=cfg.num_queries,
+                aux_loss=cfg.aux_loss)
+
+
+def build_deformable_detr(cfg) -> DeformableDETR:
+    # C3-C5 for the multi-scale model; C5 alone for the single-scale variant.
+    backbone = build_backbone(cfg, return_interm_layers=cfg.num_feature_levels > 1)
+    return DeformableDETR(backbone, build_deformable_transformer(cfg), num_classes=cfg.num_classes,
+                          num_queries=cfg.num_queries, num_feature_levels=cfg.num_feature_levels,
+                          aux_loss=cfg.aux_loss, with_box_refine=cfg.with_box_refine, two_stage=cfg.two_stage)
+
+
+MODEL_BUILDERS = {"detr": build_detr, "deformable_detr": build_deformable_detr}
+
 
 def build_model(cfg):
     """The detector described by ``cfg`` (randomly initialised, apart from the backbone's
     ImageNet weights when ``cfg.pretrained_backbone``)."""
-    if cfg.model == "detr":
-        backbone = build_backbone(cfg, return_interm_layers=False)
-        transformer = build_transformer(cfg)
-        return DETR(backbone, transformer, num_classes=cfg.num_classes, num_queries=cfg.num_queries,
-                    aux_loss=cfg.aux_loss)
-    if cfg.model == "deformable_detr":
-        # C3-C5 for the multi-scale model; C5 alone for the single-scale variant.
-        backbone = build_backbone(cfg, return_interm_layers=cfg.num_feature_levels > 1)
-        transformer = build_deformable_transformer(cfg)
-        return DeformableDETR(backbone, transformer, num_classes=cfg.num_classes, num_queries=cfg.num_queries,
-                              num_feature_levels=cfg.num_feature_levels, aux_loss=cfg.aux_loss,
-                              with_box_refine=cfg.with_box_refine, two_stage=cfg.two_stage)
-    raise ValueError(f"model: unknown {cfg.model!r}; use 'detr' or 'deformable_detr'")
+    if cfg.model not in MODEL_BUILDERS:
+        raise ValueError(f"model: unknown {cfg.model!r}; use one of {sorted(MODEL_BUILDERS)}")
+    return MODEL_BUILDERS[cfg.model](cfg)
 
 
 def build_criterion(cfg) -> SetCriterion:
-    if cfg.model == "detr":
-        matcher = build_matcher(cfg, focal=False)
-        return SetCriterion(cfg.num_classes, matcher, build_weight_dict(cfg), eos_coef=cfg.eos_coef,
-                            losses=("labels", "boxes", "cardinality"))
-    if cfg.model == "deformable_detr":
-        # Sigmoid focal loss, focal class cost; "_enc" losses for the two-stage proposals.
-        matcher = build_matcher(cfg, focal=True)
-        return SetCriterion(cfg.num_classes, matcher, build_weight_dict(cfg), losses=("labels", "boxes", "cardinality"),
-                            focal_loss=True, focal_alpha=cfg.focal_alpha)
-    raise ValueError(f"model: unknown {cfg.model!r}; use 'detr' or 'deformable_detr'")
+    """Hungarian matcher + set losses. ``cfg.focal_loss``: sigmoid focal loss and focal
+    class cost (Deformable DETR); otherwise softmax cross-entropy with a down-weighted
+    "no object" class (DETR). Two-stage adds the ``_enc`` losses (``build_weight_dict``)."""
+    matcher = build_matcher(cfg)
+    return SetCriterion(cfg.num_classes, matcher, build_weight_dict(cfg), eos_coef=cfg.eos_coef,
+                        losses=("labels", "boxes", "cardinality"), focal_loss=cfg.focal_loss,
+                        focal_alpha=cfg.focal_alpha)
 
 
 def build_postprocessor(cfg):
-    if cfg.model == "detr":
-        return PostProcess()
-    if cfg.model == "deformable_detr":
-        return PostProcessDeformable(num_select=100)
-    raise ValueError(f"model: unknown {cfg.model!r}; use 'detr' or 'deformable_detr'")
+    """Sigmoid classifiers (``cfg.focal_loss``) keep the ``cfg.num_select`` best
+    (query, class) pairs; softmax ones the best class of every query."""
+    if cfg.focal_loss:
+        return PostProcessDeformable(num_select=cfg.num_select)
+    return PostProcess()

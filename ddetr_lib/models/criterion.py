@@ -159,7 +159,7 @@ def build_weight_dict(cfg) -> dict:
         aux = {}
         for i in range(cfg.dec_layers - 1):
             aux.update({f"{k}_{i}": v for k, v in weight_dict.items()})
-        if getattr(cfg, "two_stage", False) and cfg.model == "deformable_detr":
+        if cfg.two_stage:  # the encoder's proposals (two-stage Deformable DETR)
             aux.update({f"{k}_enc": v for k, v in weight_dict.items()})
         weight_dict.update(aux)
     return weight_dict

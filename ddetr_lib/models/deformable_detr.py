@@ -35,6 +35,16 @@ from ddetr_lib.models.ms_deform_attn import MSDeformAttn
 from ddetr_lib.utils import NestedTensor, to_nested_tensor
 
 
+# GroupNorm after each input projection: 32 groups, as in the official code (8 channels
+# per group at d = 256; d must be divisible by 32).
+GROUPNORM_GROUPS = 32
+# Initial box-size bias of the box head: w = h = sigmoid(-2) ~ 0.12 of the image, a
+# middle-sized box to start from (centre offsets start at 0: the reference point).
+INIT_BOX_SIZE_BIAS = -2.0
+# Initial class bias: every class starts at probability 0.01 (focal loss prior).
+PRIOR_PROB = 0.01
+
+
 class DeformableDETR(nn.Module):
     """The Deformable DETR detector.
 
@@ -43,7 +53,7 @@ class DeformableDETR(nn.Module):
 
         pred_logits  (B, Q, num_classes)   sigmoid logits (no "no object" class)
         pred_boxes   (B, Q, 4)             (cx, cy, w, h) in [0, 1] of the unpadded image
-        aux_outputs  [{pred_logits, pred_boxes}] for decoder layers 0 .. L-2 (if aux_loss)
+        aux_outputs  [{pred_logits, pred_boxes}] for decoder layers 0 .. num_decoder_layers-2 (if aux_loss)
         enc_outputs  {pred_logits (B, S, num_classes), pred_boxes (B, S, 4)}  (two-stage:
                      the encoder's per-token proposals)
     """
@@ -71,23 +81,22 @@ class DeformableDETR(nn.Module):
 
         # Input projections: backbone levels (1x1 conv), then extra levels (3x3, stride 2).
         if num_feature_levels > 1:
-            projs = [nn.Sequential(nn.Conv2d(c, hidden_dim, kernel_size=1), nn.GroupNorm(32, hidden_dim))
+            projs = [nn.Sequential(nn.Conv2d(c, hidden_dim, kernel_size=1), nn.GroupNorm(GROUPNORM_GROUPS, hidden_dim))
                      for c in backbone.num_channels]
             in_channels = backbone.num_channels[-1]
             for _ in range(num_feature_levels - len(backbone.num_channels)):
                 projs.append(nn.Sequential(nn.Conv2d(in_channels, hidden_dim, kernel_size=3, stride=2, padding=1),
-                                           nn.GroupNorm(32, hidden_dim)))
+                                           nn.GroupNorm(GROUPNORM_GROUPS, hidden_dim)))
                 in_channels = hidden_dim
         else:  # single scale: C5 only
             projs = [nn.Sequential(nn.Conv2d(backbone.num_channels[-1], hidden_dim, kernel_size=1),
-                                   nn.GroupNorm(32, hidden_dim))]
+                                   nn.GroupNorm(GROUPNORM_GROUPS, hidden_dim))]
         self.input_proj = nn.ModuleList(projs)
         self.backbone = backbone
 
         # Initialisation (as the official code): every class at probability 0.01 at first,
         # box offsets 0 (the box starts on the reference point), projections xavier.
-        prior_prob = 0.01
-        nn.init.constant_(class_embed.bias, -math.log((1 - prior_prob) / prior_prob))
+        nn.init.constant_(class_embed.bias, -math.log((1 - PRIOR_PROB) / PRIOR_PROB))
         nn.init.constant_(bbox_embed.layers[-1].weight, 0.0)
         nn.init.constant_(bbox_embed.layers[-1].bias, 0.0)
         for proj in self.input_proj:
@@ -99,12 +108,12 @@ class DeformableDETR(nn.Module):
             # Independent heads: layer i's box head refines layer i-1's box.
             self.class_embed = nn.ModuleList(copy.deepcopy(class_embed) for _ in range(num_pred))
             self.bbox_embed = nn.ModuleList(copy.deepcopy(bbox_embed) for _ in range(num_pred))
-            nn.init.constant_(self.bbox_embed[0].layers[-1].bias[2:], -2.0)
+            nn.init.constant_(self.bbox_embed[0].layers[-1].bias[2:], INIT_BOX_SIZE_BIAS)
             self.transformer.decoder.bbox_embed = self.bbox_embed
-            self.transformer.decoder.box_refine = True
+            self.transformer.decoder.with_box_refine = True
         else:
             # One head shared by all layers (listed once per layer, as in the checkpoints).
-            nn.init.constant_(bbox_embed.layers[-1].bias[2:], -2.0)
+            nn.init.constant_(bbox_embed.layers[-1].bias[2:], INIT_BOX_SIZE_BIAS)
             self.class_embed = nn.ModuleList([class_embed] * num_pred)
             self.bbox_embed = nn.ModuleList([bbox_embed] * num_pred)
             self.transformer.decoder.bbox_embed = None
@@ -141,20 +150,20 @@ class DeformableDETR(nn.Module):
         srcs, masks, pos = self._multi_scale_features(samples)
         query_embed = None if self.two_stage else self.query_embed.weight
         hs, init_reference, inter_references, enc_class, enc_coord_unact = self.transformer(
-            srcs, masks, pos, query_embed)  # hs: (L_dec, B, Q, d)
+            srcs, masks, pos, query_embed)  # hs: (num_decoder_layers, B, Q, C)
 
         outputs_classes, outputs_coords = [], []
-        for lvl in range(hs.shape[0]):
-            reference = inverse_sigmoid(init_reference if lvl == 0 else inter_references[lvl - 1])
-            outputs_classes.append(self.class_embed[lvl](hs[lvl]))  # (B, Q, C)
-            delta = self.bbox_embed[lvl](hs[lvl])  # (B, Q, 4)
+        for layer in range(hs.shape[0]):  # decoder layers
+            reference = inverse_sigmoid(init_reference if layer == 0 else inter_references[layer - 1])
+            outputs_classes.append(self.class_embed[layer](hs[layer]))  # (B, Q, num_classes)
+            delta = self.bbox_embed[layer](hs[layer])  # (B, Q, 4)
             if reference.shape[-1] == 4:
                 coord = delta + reference
             else:  # a point reference: only the centre is offset
                 coord = torch.cat([delta[..., :2] + reference, delta[..., 2:]], -1)
             outputs_coords.append(coord.sigmoid())
-        outputs_class = torch.stack(outputs_classes)  # (L_dec, B, Q, C)
-        outputs_coord = torch.stack(outputs_coords)  # (L_dec, B, Q, 4)
+        outputs_class = torch.stack(outputs_classes)  # (num_decoder_layers, B, Q, num_classes)
+        outputs_coord = torch.stack(outputs_coords)  # (num_decoder_layers, B, Q, 4)
 
         out = {"pred_logits": outputs_class[-1], "pred_boxes": outputs_coord[-1]}
         if self.aux_loss:

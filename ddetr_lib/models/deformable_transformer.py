@@ -77,14 +77,14 @@ def encoder_reference_points(spatial_shapes, valid_ratios: torch.Tensor) -> torc
     each level's padded coordinates by its valid ratio.
     """
     refs = []
-    for lvl, (h, w) in enumerate(spatial_shapes.tolist()):
+    for level, (h, w) in enumerate(spatial_shapes.tolist()):
         ref_y, ref_x = torch.meshgrid(
             torch.linspace(0.5, h - 0.5, h, dtype=valid_ratios.dtype, device=valid_ratios.device),
             torch.linspace(0.5, w - 0.5, w, dtype=valid_ratios.dtype, device=valid_ratios.device),
             indexing="ij",
         )  # (H, W) each
-        ref_y = ref_y.reshape(-1)[None] / (valid_ratios[:, None, lvl, 1] * h)  # (B, HW)
-        ref_x = ref_x.reshape(-1)[None] / (valid_ratios[:, None, lvl, 0] * w)  # (B, HW)
+        ref_y = ref_y.reshape(-1)[None] / (valid_ratios[:, None, level, 1] * h)  # (B, HW)
+        ref_x = ref_x.reshape(-1)[None] / (valid_ratios[:, None, level, 0] * w)  # (B, HW)
         refs.append(torch.stack((ref_x, ref_y), -1))  # (B, HW, 2)
     reference_points = torch.cat(refs, 1)  # (B, S, 2) normalised by the valid image
     return reference_points[:, :, None] * valid_ratios[:, None]  # (B, S, L, 2)
@@ -93,14 +93,14 @@ def encoder_reference_points(spatial_shapes, valid_ratios: torch.Tensor) -> torc
 class DeformableTransformerEncoderLayer(nn.Module):
     """Deformable self-attention of every pixel around itself, then an FFN (post-norm)."""
 
-    def __init__(self, d_model=256, d_ffn=1024, dropout=0.1, n_levels=4, n_heads=8, n_points=4):
+    def __init__(self, d_model=256, dim_feedforward=1024, dropout=0.1, num_feature_levels=4, nheads=8, n_points=4):
         super().__init__()
-        self.self_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points)
+        self.self_attn = MSDeformAttn(d_model, num_feature_levels, nheads, n_points)
         self.dropout1 = nn.Dropout(dropout)
         self.norm1 = nn.LayerNorm(d_model)
-        self.linear1 = nn.Linear(d_model, d_ffn)
+        self.linear1 = nn.Linear(d_model, dim_feedforward)
         self.dropout2 = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(d_ffn, d_model)
+        self.linear2 = nn.Linear(dim_feedforward, d_model)
         self.dropout3 = nn.Dropout(dropout)
         self.norm2 = nn.LayerNorm(d_model)
 
@@ -134,17 +134,17 @@ class DeformableTransformerDecoderLayer(nn.Module):
     """Self-attention among queries (+ norm2), deformable cross-attention into the
     memory around each query's reference point (+ norm1), FFN (+ norm3)."""
 
-    def __init__(self, d_model=256, d_ffn=1024, dropout=0.1, n_levels=4, n_heads=8, n_points=4):
+    def __init__(self, d_model=256, dim_feedforward=1024, dropout=0.1, num_feature_levels=4, nheads=8, n_points=4):
         super().__init__()
-        self.cross_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points)
+        self.cross_attn = MSDeformAttn(d_model, num_feature_levels, nheads, n_points)
         self.dropout1 = nn.Dropout(dropout)
         self.norm1 = nn.LayerNorm(d_model)
-        self.self_attn = nn.MultiheadAttention(d_model, n_heads, dropout=dropout, batch_first=True)
+        self.self_attn = nn.MultiheadAttention(d_model, nheads, dropout=dropout, batch_first=True)
         self.dropout2 = nn.Dropout(dropout)
         self.norm2 = nn.LayerNorm(d_model)
-        self.linear1 = nn.Linear(d_model, d_ffn)
+        self.linear1 = nn.Linear(d_model, dim_feedforward)
         self.dropout3 = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(d_ffn, d_model)
+        self.linear2 = nn.Linear(dim_feedforward, d_model)
         self.dropout4 = nn.Dropout(dropout)
         self.norm3 = nn.LayerNorm(d_model)
 
@@ -176,7 +176,7 @@ class DeformableTransformerDecoder(nn.Module):
         self.num_layers = num_layers
         self.bbox_embed = None
         self.class_embed = None
-        self.box_refine = False  # refine reference boxes with bbox_embed layer by layer
+        self.with_box_refine = False  # refine reference boxes with bbox_embed layer by layer
 
     def forward(self, tgt, reference_points, src, spatial_shapes, level_start_index, valid_ratios,
                 query_pos=None, src_padding_mask=None, record=None):
@@ -186,7 +186,7 @@ class DeformableTransformerDecoder(nn.Module):
         each layer hands to the next (unchanged without box refinement)."""
         output = tgt
         intermediate, intermediate_refs = [], []
-        for lid, layer in enumerate(self.layers):
+        for i, layer in enumerate(self.layers):
             if reference_points.shape[-1] == 4:
                 scale = torch.cat([valid_ratios, valid_ratios], -1)[:, None]  # (B, 1, L, 4)
             else:
@@ -196,9 +196,9 @@ class DeformableTransformerDecoder(nn.Module):
                 record("decoder_reference_points", reference_points)
             output = layer(output, query_pos, reference_points_input, src, spatial_shapes, level_start_index,
                            src_padding_mask)
-            if self.box_refine:
+            if self.with_box_refine:
                 # Box refinement: the head predicts a correction in inverse-sigmoid space.
-                delta = self.bbox_embed[lid](output)  # (B, Q, 4)
+                delta = self.bbox_embed[i](output)  # (B, Q, 4)
                 if reference_points.shape[-1] == 4:
                     new_ref = (delta + inverse_sigmoid(reference_points)).sigmoid()
                 else:  # a point: refine its centre, take w, h from the head alone
@@ -224,6 +224,14 @@ def proposal_pos_embed(proposals: torch.Tensor, num_pos_feats: int = 128, temper
     return pos.to(proposals.dtype)
 
 
+# Two-stage proposals: pixel centres of level l with side 0.05 * 2^l of the image
+# (5% on the finest level, doubling with each coarser level, as the stride doubles),
+# kept only if centre and size lie in (0.01, 0.99): boxes at the border or as large as
+# the image give inverse_sigmoid values near +-inf.
+PROPOSAL_BASE_SIZE = 0.05
+PROPOSAL_VALID_RANGE = (0.01, 0.99)
+
+
 def encoder_proposals(mask_flatten: torch.Tensor, spatial_shapes: torch.Tensor):
     """Two-stage: one box proposal per encoder token.
 
@@ -235,7 +243,7 @@ def encoder_proposals(mask_flatten: torch.Tensor, spatial_shapes: torch.Tensor):
     """
     b = mask_flatten.shape[0]
     proposals, start = [], 0
-    for lvl, (h, w) in enumerate(spatial_shapes.tolist()):
+    for level, (h, w) in enumerate(spatial_shapes.tolist()):
         mask_l = mask_flatten[:, start:start + h * w].view(b, h, w)
         valid_h = (~mask_l[:, :, 0]).sum(1)  # (B,)
         valid_w = (~mask_l[:, 0, :]).sum(1)  # (B,)
@@ -245,11 +253,12 @@ def encoder_proposals(mask_flatten: torch.Tensor, spatial_shapes: torch.Tensor):
         grid = torch.stack([grid_x, grid_y], -1)  # (H, W, 2) as (x, y)
         scale = torch.stack([valid_w, valid_h], -1).view(b, 1, 1, 2).float()
         centre = (grid[None] + 0.5) / scale  # (B, H, W, 2)
-        wh = torch.full_like(centre, 0.05 * (2.0 ** lvl))
+        wh = torch.full_like(centre, PROPOSAL_BASE_SIZE * (2.0 ** level))
         proposals.append(torch.cat([centre, wh], -1).view(b, -1, 4))
         start += h * w
     proposals = torch.cat(proposals, 1)  # (B, S, 4)
-    valid = ((proposals > 0.01) & (proposals < 0.99)).all(-1, keepdim=True) & ~mask_flatten[..., None]
+    low, high = PROPOSAL_VALID_RANGE
+    valid = ((proposals > low) & (proposals < high)).all(-1, keepdim=True) & ~mask_flatten[..., None]
     proposals = torch.log(proposals / (1 - proposals))
     proposals = proposals.masked_fill(~valid, float("inf"))
     return proposals, valid
@@ -259,8 +268,8 @@ class DeformableTransformer(nn.Module):
     """forward(srcs, masks, pos_embeds, query_embed) with per-level lists
     srcs [(B, C, H_l, W_l)], masks [(B, H_l, W_l)], pos_embeds [(B, C, H_l, W_l)],
     query_embed (Q, 2C) (None for two-stage) ->
-    hs (num_dec_layers, B, Q, C), init_reference (B, Q, 2 or 4), inter_references
-    (num_dec_layers, B, Q, 2 or 4), enc_outputs_class (B, S, num_classes) or None,
+    hs (num_decoder_layers, B, Q, C), init_reference (B, Q, 2 or 4), inter_references
+    (num_decoder_layers, B, Q, 2 or 4), enc_outputs_class (B, S, num_classes) or None,
     enc_outputs_coord_unact (B, S, 4) or None.
 
     ``record`` is ``None`` normally; ``capture_deformable`` sets it to collect
@@ -269,21 +278,21 @@ class DeformableTransformer(nn.Module):
 
     record = None
 
-    def __init__(self, d_model=256, nhead=8, num_encoder_layers=6, num_decoder_layers=6, dim_feedforward=1024,
+    def __init__(self, d_model=256, nheads=8, num_encoder_layers=6, num_decoder_layers=6, dim_feedforward=1024,
                  dropout=0.1, num_feature_levels=4, dec_n_points=4, enc_n_points=4, two_stage=False,
                  two_stage_num_proposals=300):
         super().__init__()
         self.d_model = d_model
-        self.nhead = nhead
+        self.nheads = nheads
         self.two_stage = two_stage
         self.two_stage_num_proposals = two_stage_num_proposals
         self.num_feature_levels = num_feature_levels
 
         encoder_layer = DeformableTransformerEncoderLayer(d_model, dim_feedforward, dropout, num_feature_levels,
-                                                          nhead, enc_n_points)
+                                                          nheads, enc_n_points)
         self.encoder = DeformableTransformerEncoder(encoder_layer, num_encoder_layers)
         decoder_layer = DeformableTransformerDecoderLayer(d_model, dim_feedforward, dropout, num_feature_levels,
-                                                          nhead, dec_n_points)
+                                                          nheads, dec_n_points)
         self.decoder = DeformableTransformerDecoder(decoder_layer, num_decoder_layers)
         self.level_embed = nn.Parameter(torch.empty(num_feature_levels, d_model))  # (L, C)
         if two_stage:
@@ -313,12 +322,12 @@ class DeformableTransformer(nn.Module):
             raise ValueError("query_embed: required unless two_stage")
         # Flatten every level and concatenate: one sequence of S tokens.
         src_flatten, mask_flatten, pos_flatten, shapes = [], [], [], []
-        for lvl, (src, mask, pos) in enumerate(zip(srcs, masks, pos_embeds)):
+        for level, (src, mask, pos) in enumerate(zip(srcs, masks, pos_embeds)):
             _, _, h, w = src.shape
             shapes.append((h, w))
             src_flatten.append(src.flatten(2).transpose(1, 2))  # (B, HW, C)
             mask_flatten.append(mask.flatten(1))  # (B, HW)
-            pos_flatten.append(pos.flatten(2).transpose(1, 2) + self.level_embed[lvl].view(1, 1, -1))
+            pos_flatten.append(pos.flatten(2).transpose(1, 2) + self.level_embed[level].view(1, 1, -1))
         src_flatten = torch.cat(src_flatten, 1)  # (B, S, C)
         mask_flatten = torch.cat(mask_flatten, 1)  # (B, S)
         pos_flatten = torch.cat(pos_flatten, 1)  # (B, S, C)
@@ -366,7 +375,7 @@ class DeformableTransformer(nn.Module):
 def build_deformable_transformer(cfg) -> DeformableTransformer:
     return DeformableTransformer(
         d_model=cfg.hidden_dim,
-        nhead=cfg.nheads,
+        nheads=cfg.nheads,
         num_encoder_layers=cfg.enc_layers,
         num_decoder_layers=cfg.dec_layers,
         dim_feedforward=cfg.dim_feedforward,

@@ -43,7 +43,7 @@ class DETR(nn.Module):
         pred_logits  (B, Q, num_classes + 1)   the last logit is "no object"
         pred_boxes   (B, Q, 4)                 (cx, cy, w, h) in [0, 1], relative to the
                                                unpadded image
-        aux_outputs  [{pred_logits, pred_boxes}] for decoder layers 0 .. L-2 (if aux_loss)
+        aux_outputs  [{pred_logits, pred_boxes}] for decoder layers 0 .. num_decoder_layers-2 (if aux_loss)
     """
 
     def __init__(self, backbone: nn.Module, transformer: nn.Module, num_classes: int, num_queries: int,
@@ -64,10 +64,10 @@ class DETR(nn.Module):
         samples = to_nested_tensor(samples)
         features, pos = self.backbone(samples)
         src, mask = features[-1].decompose()  # (B, C5, H, W), (B, H, W)
-        hs = self.transformer(self.input_proj(src), mask, self.query_embed.weight, pos[-1])[0]  # (L, B, Q, D)
+        hs = self.transformer(self.input_proj(src), mask, self.query_embed.weight, pos[-1])[0]  # (num_decoder_layers, B, Q, C)
 
-        outputs_class = self.class_embed(hs)  # (L, B, Q, C+1)
-        outputs_coord = self.bbox_embed(hs).sigmoid()  # (L, B, Q, 4)
+        outputs_class = self.class_embed(hs)  # (num_decoder_layers, B, Q, num_classes + 1)
+        outputs_coord = self.bbox_embed(hs).sigmoid()  # (num_decoder_layers, B, Q, 4)
         out = {"pred_logits": outputs_class[-1], "pred_boxes": outputs_coord[-1]}
         if self.aux_loss:
             out["aux_outputs"] = self._set_aux_loss(outputs_class, outputs_coord)

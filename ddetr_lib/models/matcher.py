@@ -27,8 +27,8 @@ from ddetr_lib.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
 class HungarianMatcher(nn.Module):
     """Optimal one-to-one assignment between predictions and targets, per image.
 
-    ``focal=False``: DETR's class cost, ``-softmax(logits)[target class]``.
-    ``focal=True``: Deformable DETR's class cost on ``p = sigmoid(logits)``::
+    ``focal_loss=False``: DETR's class cost, ``-softmax(logits)[target class]``.
+    ``focal_loss=True``: Deformable DETR's class cost on ``p = sigmoid(logits)``::
 
         pos = alpha * (1 - p) ** gamma * -log(p + 1e-8)          (cost of calling it positive)
         neg = (1 - alpha) * p ** gamma * -log(1 - p + 1e-8)      (cost of calling it negative)
@@ -36,20 +36,20 @@ class HungarianMatcher(nn.Module):
     """
 
     def __init__(self, cost_class: float = 1, cost_bbox: float = 1, cost_giou: float = 1,
-                 focal: bool = False, focal_alpha: float = 0.25, focal_gamma: float = 2.0):
+                 focal_loss: bool = False, focal_alpha: float = 0.25, focal_gamma: float = 2.0):
         super().__init__()
         if cost_class == 0 and cost_bbox == 0 and cost_giou == 0:
             raise ValueError("cost_class, cost_bbox, cost_giou: all costs are 0")
         self.cost_class = cost_class
         self.cost_bbox = cost_bbox
         self.cost_giou = cost_giou
-        self.focal = focal
+        self.focal_loss = focal_loss
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
 
     def class_cost(self, logits: torch.Tensor, tgt_ids: torch.Tensor) -> torch.Tensor:
         """logits (N_pred, C'), tgt_ids (N_tgt,) -> (N_pred, N_tgt)."""
-        if self.focal:
+        if self.focal_loss:
             p = logits.sigmoid()
             a, g = self.focal_alpha, self.focal_gamma
             neg = (1 - a) * p.pow(g) * -(1 - p + 1e-8).log()
@@ -69,8 +69,10 @@ class HungarianMatcher(nn.Module):
         bs, num_queries = outputs["pred_logits"].shape[:2]
         # Batch all images into one cost matrix: (B*Q, sum N_b). Only the diagonal
         # blocks (image b's queries x image b's targets) are used below.
-        out_logits = outputs["pred_logits"].flatten(0, 1)  # (B*Q, C')
-        out_bbox = outputs["pred_boxes"].flatten(0, 1)  # (B*Q, 4)
+        # float32 even under autocast: in fp16 the costs can overflow and the solver fails
+        dtype = torch.promote_types(outputs["pred_logits"].dtype, torch.float32)
+        out_logits = outputs["pred_logits"].flatten(0, 1).to(dtype)  # (B*Q, C')
+        out_bbox = outputs["pred_boxes"].flatten(0, 1).to(dtype)  # (B*Q, 4)
         tgt_ids = torch.cat([t["labels"] for t in targets]).long()  # (N,)
         tgt_bbox = torch.cat([t["boxes"] for t in targets]).to(out_bbox.dtype)  # (N, 4)
 
@@ -89,6 +91,6 @@ class HungarianMatcher(nn.Module):
                 for i, j in indices]
 
 
-def build_matcher(cfg, focal: bool = False) -> HungarianMatcher:
+def build_matcher(cfg) -> HungarianMatcher:
     return HungarianMatcher(cost_class=cfg.set_cost_class, cost_bbox=cfg.set_cost_bbox,
-                            cost_giou=cfg.set_cost_giou, focal=focal, focal_alpha=cfg.focal_alpha)
+                            cost_giou=cfg.set_cost_giou, focal_loss=cfg.focal_loss, focal_alpha=cfg.focal_alpha)

@@ -41,7 +41,8 @@ from ddetr_lib.kernels import ms_deform_attn
 class MSDeformAttn(nn.Module):
     """Multi-scale deformable attention.
 
-    d_model: feature size C; n_levels: L; n_heads: M; n_points: P (per head and level).
+    d_model: feature size C; num_feature_levels: L; nheads: M; n_points: P (the paper's K:
+    sampling points per head and level).
     backend: "auto" | "torch" | "numba_cpu" | "numba_cuda" (see ``ddetr_lib.kernels``).
 
     ``record_attention`` is ``None`` normally; inside ``capture_deformable`` it is a
@@ -50,19 +51,19 @@ class MSDeformAttn(nn.Module):
 
     record_attention = None
 
-    def __init__(self, d_model: int = 256, n_levels: int = 4, n_heads: int = 8, n_points: int = 4,
+    def __init__(self, d_model: int = 256, num_feature_levels: int = 4, nheads: int = 8, n_points: int = 4,
                  backend: str = "auto"):
         super().__init__()
-        if d_model % n_heads != 0:
-            raise ValueError(f"d_model: {d_model} is not divisible by n_heads={n_heads}")
+        if d_model % nheads != 0:
+            raise ValueError(f"d_model: {d_model} is not divisible by nheads={nheads}")
         self.d_model = d_model
-        self.n_levels = n_levels
-        self.n_heads = n_heads
+        self.num_feature_levels = num_feature_levels
+        self.nheads = nheads
         self.n_points = n_points
         self.backend = backend
         # One (x, y) offset and one weight per head, level and point, read off the query.
-        self.sampling_offsets = nn.Linear(d_model, n_heads * n_levels * n_points * 2)
-        self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
+        self.sampling_offsets = nn.Linear(d_model, nheads * num_feature_levels * n_points * 2)
+        self.attention_weights = nn.Linear(d_model, nheads * num_feature_levels * n_points)
         self.value_proj = nn.Linear(d_model, d_model)
         self.output_proj = nn.Linear(d_model, d_model)
         self._reset_parameters()
@@ -77,10 +78,10 @@ class MSDeformAttn(nn.Module):
         points. Attention weights start uniform (weight and bias 0).
         """
         nn.init.constant_(self.sampling_offsets.weight, 0.0)
-        thetas = torch.arange(self.n_heads, dtype=torch.float32) * (2.0 * math.pi / self.n_heads)  # (M,)
+        thetas = torch.arange(self.nheads, dtype=torch.float32) * (2.0 * math.pi / self.nheads)  # (M,)
         grid = torch.stack([thetas.cos(), thetas.sin()], -1)  # (M, 2)
         grid = grid / grid.abs().max(-1, keepdim=True).values  # max |component| = 1
-        grid = grid.view(self.n_heads, 1, 1, 2).repeat(1, self.n_levels, self.n_points, 1)  # (M, L, P, 2)
+        grid = grid.view(self.nheads, 1, 1, 2).repeat(1, self.num_feature_levels, self.n_points, 1)  # (M, L, P, 2)
         grid = grid * torch.arange(1, self.n_points + 1, dtype=torch.float32).view(1, 1, -1, 1)
         with torch.no_grad():
             self.sampling_offsets.bias.copy_(grid.flatten())
@@ -104,7 +105,7 @@ class MSDeformAttn(nn.Module):
         """
         n, len_q, _ = query.shape
         _, len_in, _ = input_flatten.shape
-        M, L, P = self.n_heads, self.n_levels, self.n_points
+        M, L, P = self.nheads, self.num_feature_levels, self.n_points
         if reference_points.dim() != 4 or reference_points.shape[:3] != (n, len_q, L) \
                 or reference_points.shape[-1] not in (2, 4):
             raise ValueError(f"reference_points: expected (N, Lq, L, 2) or (N, Lq, L, 4) = "
@@ -137,6 +138,11 @@ class MSDeformAttn(nn.Module):
         if record is not None:
             record(reference_points, locations, weights)
 
-        output = ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights,
-                                backend=self.backend if backend is None else backend)  # (N, Lq, C)
+        backend = self.backend if backend is None else backend
+        if torch.is_autocast_enabled(value.device.type):  # mixed precision: the kernel runs in float32
+            with torch.autocast(value.device.type, enabled=False):
+                output = ms_deform_attn(value.float(), spatial_shapes, level_start_index, locations.float(),
+                                        weights.float(), backend=backend)  # (N, Lq, C)
+        else:
+            output = ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights, backend=backend)
         return self.output_proj(output)

@@ -101,9 +101,8 @@ def build_position_encoding(cfg) -> nn.Module:
     """``cfg.position_embedding``: ``"sine"`` (alias ``"v2"``) or ``"learned"`` (alias ``"v3"``)."""
     n_steps = cfg.hidden_dim // 2
     if cfg.position_embedding in ("sine", "v2"):
-        # Deformable DETR (official code) encodes pixel centres: offset -0.5.
-        offset = -0.5 if getattr(cfg, "model", "detr") == "deformable_detr" else 0.0
-        return PositionEmbeddingSine(n_steps, normalize=True, offset=offset)
+        # Deformable DETR (official code) encodes pixel centres: offset -0.5; DETR 0.
+        return PositionEmbeddingSine(n_steps, normalize=True, offset=cfg.position_embedding_offset)
     if cfg.position_embedding in ("learned", "v3"):
         return PositionEmbeddingLearned(n_steps)
     raise ValueError(f"position_embedding: unknown {cfg.position_embedding!r}; use 'sine' or 'learned'")

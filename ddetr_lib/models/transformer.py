@@ -53,10 +53,10 @@ class _RecordsAttention:
 class TransformerEncoderLayer(_RecordsAttention, nn.Module):
     """Self-attention over all feature pixels, then a feed-forward network."""
 
-    def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048, dropout: float = 0.1,
-                 normalize_before: bool = False):
+    def __init__(self, d_model: int, nheads: int, dim_feedforward: int = 2048, dropout: float = 0.1,
+                 pre_norm: bool = False):
         super().__init__()
-        self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout, batch_first=True)
+        self.self_attn = nn.MultiheadAttention(d_model, nheads, dropout=dropout, batch_first=True)
         self.linear1 = nn.Linear(d_model, dim_feedforward)
         self.dropout = nn.Dropout(dropout)
         self.linear2 = nn.Linear(dim_feedforward, d_model)
@@ -64,14 +64,14 @@ class TransformerEncoderLayer(_RecordsAttention, nn.Module):
         self.norm2 = nn.LayerNorm(d_model)
         self.dropout1 = nn.Dropout(dropout)
         self.dropout2 = nn.Dropout(dropout)
-        self.normalize_before = normalize_before
+        self.pre_norm = pre_norm
 
     def _ffn(self, x):
         return self.linear2(self.dropout(F.relu(self.linear1(x))))
 
     def forward(self, src, src_key_padding_mask=None, pos=None):
         # src, pos: (B, HW, C); src_key_padding_mask: (B, HW), True on padding
-        if self.normalize_before:
+        if self.pre_norm:
             x = self.norm1(src)
             q = k = _with_pos(x, pos)
             src = src + self.dropout1(self._attend(self.self_attn, "encoder", q, k, x, src_key_padding_mask))
@@ -87,11 +87,11 @@ class TransformerEncoderLayer(_RecordsAttention, nn.Module):
 class TransformerDecoderLayer(_RecordsAttention, nn.Module):
     """Self-attention among queries, cross-attention from queries to the encoder memory, FFN."""
 
-    def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048, dropout: float = 0.1,
-                 normalize_before: bool = False):
+    def __init__(self, d_model: int, nheads: int, dim_feedforward: int = 2048, dropout: float = 0.1,
+                 pre_norm: bool = False):
         super().__init__()
-        self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout, batch_first=True)
-        self.multihead_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout, batch_first=True)
+        self.self_attn = nn.MultiheadAttention(d_model, nheads, dropout=dropout, batch_first=True)
+        self.multihead_attn = nn.MultiheadAttention(d_model, nheads, dropout=dropout, batch_first=True)
         self.linear1 = nn.Linear(d_model, dim_feedforward)
         self.dropout = nn.Dropout(dropout)
         self.linear2 = nn.Linear(dim_feedforward, d_model)
@@ -101,14 +101,14 @@ class TransformerDecoderLayer(_RecordsAttention, nn.Module):
         self.dropout1 = nn.Dropout(dropout)
         self.dropout2 = nn.Dropout(dropout)
         self.dropout3 = nn.Dropout(dropout)
-        self.normalize_before = normalize_before
+        self.pre_norm = pre_norm
 
     def _ffn(self, x):
         return self.linear2(self.dropout(F.relu(self.linear1(x))))
 
     def forward(self, tgt, memory, memory_key_padding_mask=None, pos=None, query_pos=None):
         # tgt, query_pos: (B, Q, C); memory, pos: (B, HW, C); memory_key_padding_mask: (B, HW)
-        if self.normalize_before:
+        if self.pre_norm:
             x = self.norm1(tgt)
             q = k = _with_pos(x, query_pos)
             tgt = tgt + self.dropout1(self._attend(self.self_attn, "decoder_self", q, k, x))
@@ -173,21 +173,21 @@ class Transformer(_RecordsAttention, nn.Module):
     """Encoder-decoder transformer of DETR.
 
     forward(src (B, C, H, W), mask (B, H, W), query_embed (Q, C), pos_embed (B, C, H, W))
-    -> hs (num_dec_layers or 1, B, Q, C), memory (B, C, H, W)
+    -> hs (num_decoder_layers or 1, B, Q, C), memory (B, C, H, W)
     """
 
-    def __init__(self, d_model: int = 512, nhead: int = 8, num_encoder_layers: int = 6,
+    def __init__(self, d_model: int = 512, nheads: int = 8, num_encoder_layers: int = 6,
                  num_decoder_layers: int = 6, dim_feedforward: int = 2048, dropout: float = 0.1,
-                 normalize_before: bool = False, return_intermediate_dec: bool = False):
+                 pre_norm: bool = False, return_intermediate_dec: bool = False):
         super().__init__()
-        encoder_layer = TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout, normalize_before)
-        encoder_norm = nn.LayerNorm(d_model) if normalize_before else None
+        encoder_layer = TransformerEncoderLayer(d_model, nheads, dim_feedforward, dropout, pre_norm)
+        encoder_norm = nn.LayerNorm(d_model) if pre_norm else None
         self.encoder = TransformerEncoder(encoder_layer, num_encoder_layers, encoder_norm)
-        decoder_layer = TransformerDecoderLayer(d_model, nhead, dim_feedforward, dropout, normalize_before)
+        decoder_layer = TransformerDecoderLayer(d_model, nheads, dim_feedforward, dropout, pre_norm)
         self.decoder = TransformerDecoder(decoder_layer, num_decoder_layers, nn.LayerNorm(d_model),
                                           return_intermediate=return_intermediate_dec)
         self.d_model = d_model
-        self.nhead = nhead
+        self.nheads = nheads
         self._reset_parameters()
 
     def _reset_parameters(self):
@@ -207,19 +207,19 @@ class Transformer(_RecordsAttention, nn.Module):
 
         memory = self.encoder(src, src_key_padding_mask=mask, pos=pos_embed)  # (B, HW, C)
         hs = self.decoder(tgt, memory, memory_key_padding_mask=mask, pos=pos_embed,
-                          query_pos=query_pos)  # (L, B, Q, C)
+                          query_pos=query_pos)  # (num_decoder_layers, B, Q, C)
         return hs, memory.transpose(1, 2).reshape(b, c, h, w)
 
 
 def build_transformer(cfg) -> Transformer:
     return Transformer(
         d_model=cfg.hidden_dim,
-        nhead=cfg.nheads,
+        nheads=cfg.nheads,
         num_encoder_layers=cfg.enc_layers,
         num_decoder_layers=cfg.dec_layers,
         dim_feedforward=cfg.dim_feedforward,
         dropout=cfg.dropout,
-        normalize_before=cfg.pre_norm,
+        pre_norm=cfg.pre_norm,
         return_intermediate_dec=True,
     )
 

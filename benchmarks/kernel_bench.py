@@ -1,10 +1,10 @@
 """Side-by-side timings of the deformable-attention backends.
 
-Run from the repository root::
+Run from the repository root (``make bench`` runs the first line)::
 
-    PYTHONSAFEPATH=1 python -m ddetr_lib.kernels.bench                 # CPU, writes benchmarks/results/cpu_bench.json
-    PYTHONSAFEPATH=1 python -m ddetr_lib.kernels.bench --device cuda   # GPU shapes, writes .../cuda_bench.json
-    PYTHONSAFEPATH=1 python -m ddetr_lib.kernels.bench --repeats 20 --json /tmp/b.json
+    PYTHONSAFEPATH=1 python benchmarks/kernel_bench.py                 # CPU, writes benchmarks/results/cpu_bench.json
+    PYTHONSAFEPATH=1 python benchmarks/kernel_bench.py --device cuda   # GPU shapes, writes .../cuda_bench.json
+    PYTHONSAFEPATH=1 python benchmarks/kernel_bench.py --repeats 20 --json /tmp/b.json
 
 For every shape, every backend is timed in the same run, alternating between
 backends on each repeat (so a busy machine slows them alike). We report the
@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .dispatch import level_start_index_from_shapes, ms_deform_attn
+from ddetr_lib.kernels import level_start_index_from_shapes, ms_deform_attn
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Drawing images with boxes (matplotlib only).
+"""Images with boxes: the basic pictures every other figure builds on (matplotlib only).
 
 Boxes in this project travel in two forms:
 
@@ -57,6 +57,37 @@ def to_numpy_image(image, normalized: bool | None = None) -> np.ndarray:
     return arr
 
 
+def image_extent(h: int, w: int) -> tuple[float, float, float, float]:
+    """The extent every figure draws an (h, w) image over: ``(0, w, h, 0)``."""
+    return (0.0, float(w), float(h), 0.0)
+
+
+def show_image(ax, image, normalized: bool | None = None) -> tuple[int, int]:
+    """Draw ``image`` (any form :func:`to_numpy_image` takes) and hide the axis. Returns ``(H, W)``.
+
+    Pixel convention of every figure: the image spans the extent ``(0, W, H, 0)``, pixel
+    (i, j) covers [j, j + 1] x [i, i + 1] (its centre is (j + 0.5, i + 0.5), the kernel's
+    ``pixel = loc * size - 0.5`` rule). A coordinate u normalised by the unpadded image is
+    drawn at ``u * W``, and COCO pixel boxes (x0, y0, x1, y1) as they are.
+    """
+    pixels = to_numpy_image(image, normalized)  # (H, W, 3) uint8
+    h, w = pixels.shape[:2]
+    ax.imshow(pixels, extent=image_extent(h, w))
+    ax.set_xlim(0, w)
+    ax.set_ylim(h, 0)
+    ax.set_axis_off()
+    return h, w
+
+
+def box_patch(box_xyxy, **style):
+    """An unfilled Rectangle for a pixel box (x0, y0, x1, y1) (keywords: its style)."""
+    from matplotlib.patches import Rectangle
+
+    x0, y0, x1, y1 = (float(v) for v in box_xyxy)
+    style.setdefault("fill", False)
+    return Rectangle((x0, y0), x1 - x0, y1 - y0, **style)
+
+
 def boxes_to_pixels(boxes_cxcywh: torch.Tensor, size_hw) -> torch.Tensor:
     """Normalised (cx, cy, w, h) boxes (K, 4) -> pixel (x0, y0, x1, y1) for an image of ``size_hw`` (h, w)."""
     h, w = (int(v) for v in size_hw)
@@ -93,7 +124,8 @@ def draw_boxes(
     fontsize: float = 7,
     title: str | None = None,
 ):
-    """Show ``image`` on ``ax`` with boxes and their class names / scores.
+    """Show ``image`` on ``ax`` (see :func:`show_image` for the pixel convention) with
+    boxes and their class names / scores.
 
     image: (H, W, 3) uint8 array, PIL image, or a (3, H, W) tensor (uint8, or float
     ImageNet-normalised — see :func:`to_numpy_image`).
@@ -102,9 +134,7 @@ def draw_boxes(
     color: one colour for all boxes (e.g. "white" for ground truth); default: by class.
     Returns ``ax``.
     """
-    pixels = to_numpy_image(image, normalized)  # (H, W, 3) uint8
-    ax.imshow(pixels)
-    ax.set_axis_off()
+    height, _ = show_image(ax, image, normalized)
     if title:
         ax.set_title(title, fontsize=fontsize + 1)
     if boxes_xyxy is None:
@@ -112,17 +142,15 @@ def draw_boxes(
     boxes = np.asarray(torch.as_tensor(boxes_xyxy, dtype=torch.float32).reshape(-1, 4))
     labels = None if labels is None else np.asarray(torch.as_tensor(labels)).reshape(-1)
     scores = None if scores is None else np.asarray(torch.as_tensor(scores, dtype=torch.float32)).reshape(-1)
-    from matplotlib.patches import Rectangle
-
     for k, (x0, y0, x1, y1) in enumerate(boxes):
         c = color if color is not None else (class_colour(labels[k]) if labels is not None else "yellow")
-        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=c, linewidth=linewidth))
+        ax.add_patch(box_patch((x0, y0, x1, y1), edgecolor=c, linewidth=linewidth))
         text = [] if labels is None else [_name(labels[k], names)]
         if scores is not None:
             text.append(f"{scores[k]:.2f}")
         if text:
             # Label above the box, or just inside it when the box touches the top of the image.
-            inside = y0 < 0.06 * pixels.shape[0]
+            inside = y0 < 0.06 * height
             ax.text(
                 x0, y0, " ".join(text), fontsize=fontsize, color="black", va="top" if inside else "bottom", ha="left",
                 bbox=dict(facecolor=c, edgecolor="none", alpha=0.8, pad=0.5),
@@ -206,13 +234,13 @@ def make_synthetic_examples_figure(demo_dir, default_dir, out_png, n: int = 8, n
 
     Regenerate ``docs/synthetic_examples.png`` with::
 
-        python -c "from ddetr_lib.visualize import make_synthetic_examples_figure as f; \\
+        python -c "from ddetr_lib.viz import make_synthetic_examples_figure as f; \\
                    f('data/synthetic_demo', 'data/synthetic', 'docs/synthetic_examples.png')"
     """
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     nrows = -(-n // ncols)
-    fig = plt.figure(figsize=(ncols * 2.6, 2 * nrows * 2.5 + 0.8), constrained_layout=True)
+    fig = Figure(figsize=(ncols * 2.6, 2 * nrows * 2.5 + 0.8), constrained_layout=True)
     sub = fig.subfigures(2, 1)
     for sf, root, label in ((sub[0], demo_dir, "demo setting"), (sub[1], default_dir, "default setting")):
         axes = sf.subplots(nrows, ncols, squeeze=False)
@@ -220,5 +248,44 @@ def make_synthetic_examples_figure(demo_dir, default_dir, out_png, n: int = 8, n
         sf.suptitle(f"synthetic shapes — {label}", fontsize=11)
     Path(out_png).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=90)
-    plt.close(fig)
     return Path(out_png)
+
+
+def save_prediction_figure(dataset, results: dict, path: Path, n: int = 6, score_threshold: float = 0.3,
+                           max_boxes: int = 30) -> Path:
+    """Save a 2 x ``n`` grid: ground truth (top) and predictions with score >= threshold (bottom).
+
+    ``dataset``: a ``ddetr_lib.data.CocoDetection`` (its ``.coco`` and image folder are used to
+    show the original, untransformed images); ``results``: ``{image_id: {scores, labels,
+    boxes (xyxy, original pixels)}}`` as returned by ``ddetr_lib.engine.evaluate``.
+    """
+    from matplotlib.figure import Figure  # no pyplot: works under any backend, leaks no figure
+    from PIL import Image
+
+    coco = dataset.coco
+    names = {c["id"]: c["name"] for c in coco.dataset["categories"]}
+    image_ids = [i for i in sorted(results) if coco.getAnnIds(imgIds=[i])][:n] or sorted(results)[:n]
+    folder = Path(dataset.img_folder)
+    ncols = max(len(image_ids), 1)
+    fig = Figure(figsize=(2.6 * ncols, 5.6))
+    axes = fig.subplots(2, ncols, squeeze=False)
+    for col, image_id in enumerate(image_ids):
+        info = coco.loadImgs([image_id])[0]
+        image = np.asarray(Image.open(folder / info["file_name"]).convert("RGB"))
+        anns = [a for a in coco.loadAnns(coco.getAnnIds(imgIds=[image_id])) if not a.get("iscrowd", 0)]
+        gt = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
+        gt[:, 2:] += gt[:, :2]
+        draw_boxes(axes[0, col], image, gt, labels=[a["category_id"] for a in anns], names=names,
+                   title=f"ground truth: {len(anns)}")
+        det = results[image_id]
+        keep = (det["scores"] >= score_threshold).nonzero().flatten()[:max_boxes]
+        title = f"predicted (score ≥ {score_threshold}): {len(keep)}"
+        if len(keep) == 0:  # an early model: show its best guesses rather than an empty picture
+            keep = det["scores"].argsort(descending=True)[:max(len(anns), 1)]
+            title = f"top {len(keep)} (all scores < {score_threshold})"
+        draw_boxes(axes[1, col], image, det["boxes"][keep], labels=det["labels"][keep].tolist(),
+                   scores=det["scores"][keep].tolist(), names=names, title=title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    return path

@@ -2,7 +2,7 @@
 
 On a CUDA machine (``scripts/gpu_check.sh`` calls this)::
 
-    PYTHONSAFEPATH=1 python -m ddetr_lib.kernels.gpu_check --out benchmarks/results --kind h100
+    PYTHONSAFEPATH=1 python benchmarks/gpu_check.py --out benchmarks/results --kind h100
 
 writes ``OUT/gpu_<kind>_<date>.json``::
 
@@ -28,12 +28,15 @@ import subprocess
 import sys
 import time
 
+# The timing helpers live beside this file, in benchmarks/kernel_bench.py (this folder is not a package).
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
 
 def _max_abs_errors(shape, device, dtype, backend):
     """max |numba_cuda - torch| of the output and of each gradient, on the same inputs."""
     import torch
 
-    from .bench import make_inputs, run_once
+    from kernel_bench import make_inputs, run_once
 
     inputs = make_inputs(shape, device=device, dtype=dtype, requires_grad=True, seed=123)
     grad_out = torch.randn(shape.N, shape.Lq, shape.M * shape.D, dtype=dtype,
@@ -53,7 +56,7 @@ def run_check(device: str, shapes, repeats: int, warmup: int, backend: str = "nu
     import numba
     import torch
 
-    from .bench import time_backends
+    from kernel_bench import time_backends
 
     try:
         from importlib.metadata import version
@@ -114,11 +117,11 @@ def main(argv=None) -> int:
     if args.dry_run and os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
         # The simulator must be chosen before Numba is imported: start again with it on.
         env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", PYTHONSAFEPATH="1")
-        return subprocess.call([sys.executable, "-m", "ddetr_lib.kernels.gpu_check", *argv], env=env)
+        return subprocess.call([sys.executable, os.path.abspath(__file__), *argv], env=env)
 
     import torch
 
-    from .bench import DECODER_COCO, ENCODER_COCO, Shape
+    from kernel_bench import DECODER_COCO, ENCODER_COCO, Shape
 
     if args.dry_run:
         device = "cpu"
