@@ -46,6 +46,7 @@ from ddetr_lib.engine import (
     TrainingDiverged,
     evaluate,
     format_coco_table,
+    stop_agreed,
     train_one_epoch,
 )
 from ddetr_lib.optim import build_optimizer, build_scheduler
@@ -506,7 +507,7 @@ def fit(r: Run) -> None:
                 entry["test_coco_eval_bbox"] = [stats[k] for k in COCO_STAT_NAMES]
                 entry["eval_time_s"] = time.perf_counter() - t0
             _end_of_epoch(r, epoch, entry)
-            if r.stop() and epoch + 1 < cfg.epochs:
+            if epoch + 1 < cfg.epochs and stop_agreed(r.stop, r.device):  # a signal during the last bits
                 return _stop(r, epoch, 0, saved=True)
     finally:
         if metrics is not None:
