@@ -437,7 +437,8 @@ def resume(r: Run, path: Path) -> None:
     where = f"epoch {r.start_epoch}" + (f", step {r.start_iter}" if r.start_iter else "")
     log(f"resumed from {path} at {where}")
     _truncate_logs(r)
-    stats, _ = r.evaluate()  # check the resumed model, as the official code does
+    stats, results = r.evaluate()  # check the resumed model, as the official code does
+    r.last_stats, r.last_results = stats, results  # (what finish() reports if no epoch is left)
     log(f"resumed model: AP {stats['AP']:.3f}, AP50 {stats['AP50']:.3f}")
     if r.start_iter and "rng" in ckpt:
         set_rng_state(ckpt["rng"])  # mid-epoch: go on with the RNG where it stopped (after the evaluation's draws)
