@@ -283,6 +283,7 @@ class SamplingArtists:
     def __init__(self, ax, *, cmap: str = POINT_CMAP, colorbar: bool | object = True, level_grid: int | None = None):
         from matplotlib.collections import LineCollection
         from matplotlib.patches import Rectangle
+        from matplotlib.ticker import MaxNLocator
 
         self.ax, self.level_grid = ax, level_grid
         self.image = None  # AxesImage, made on the first picture
@@ -309,9 +310,10 @@ class SamplingArtists:
             cax = None if colorbar is True else colorbar  # an Axes for the bar
             kw = dict(cax=cax) if cax is not None else dict(ax=ax, fraction=0.046, pad=0.02)
             self.colorbar = ax.figure.colorbar(self.points, label="attention weight", **kw)
-        if level_grid is None:
-            ax.set_xticks([])
-            ax.set_yticks([])
+            self.colorbar.locator = MaxNLocator(nbins=5)  # few labels: quick to redraw
+        if level_grid is None:  # no axes on a picture (and nothing to draw for them)
+            ax.xaxis.set_visible(False)
+            ax.yaxis.set_visible(False)
 
     def _show_image(self, image, w: float, h: float, alpha: float = 1.0):
         from ddetr_lib.viz.images import to_numpy_image
