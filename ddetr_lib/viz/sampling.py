@@ -466,9 +466,10 @@ def plot_query_sampling(image, record: Mapping, stage: str, layer: int, query: i
 
     image: the picture to draw on (the image the model saw, or the original photo);
     ``size`` defaults to its size. outputs: the model outputs of the same forward pass,
-    for a decoder query's box and label. view: ``"all"`` (one panel, every chosen head
-    and level), ``"heads"`` (one panel per head) or ``"levels"`` (one panel per level,
-    on that level's pixel grid). Colours share one scale across panels.
+    for a decoder query's box and label (those ``layer`` predicts: its ``aux_outputs``).
+    view: ``"all"`` (one panel, every chosen head and level), ``"heads"`` (one panel per
+    head) or ``"levels"`` (one panel per level, on that level's pixel grid). Colours
+    share one scale across panels.
     """
     import matplotlib.pyplot as plt
 
@@ -478,7 +479,10 @@ def plot_query_sampling(image, record: Mapping, stage: str, layer: int, query: i
     pts = query_points(record, stage, layer, query, batch_index, size)
     box = label = score = cell = None
     if stage == "decoder" and outputs is not None:
-        box, label, score = decoder_detection(outputs, query, batch_index, size)
+        # The box this layer predicts: its auxiliary output (the final one for the last layer).
+        aux = outputs.get("aux_outputs") or []
+        own = aux[layer] if len(aux) == len(record["decoder"]) - 1 and layer < len(aux) else outputs
+        box, label, score = decoder_detection(own, query, batch_index, size)
     if stage == "encoder":
         cell = encoder_cell_box(record, query, size, batch_index)
     vmax = float(pts.select(heads, levels, top_k)["weights"].max())
