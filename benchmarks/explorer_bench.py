@@ -122,8 +122,8 @@ def main(argv=None) -> int:
     }
     print(f"explorer benchmark: toy_deformable_detr_demo, {n_images} validation images, "
           f"{len(redraw_wall)} scripted widget changes, {ex.capture_count} forward passes")
-    print(f"  machine: {result['machine']}; load average (1 min) {load_before[0]:.1f} before, {load_after[0]:.1f} after "
-          f"(on {os.cpu_count()} cores: a load above that means waiting for a core)")
+    print(f"  machine: {result['machine']}; load average (1 min) {load_before[0]:.1f} before, "
+          f"{load_after[0]:.1f} after (on {os.cpu_count()} cores: a load above that means waiting for a core)")
     print(f"  first capture: {first_capture * 1000:.0f} ms wall, {first_capture_cpu * 1000:.0f} ms CPU "
           f"(goal <= 1000 ms); explorer ready in {t_open * 1000:.0f} ms")
     if new_captures:

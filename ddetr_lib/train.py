@@ -465,9 +465,11 @@ def fit(r: Run) -> None:
     """The epochs: train, evaluate every ``--eval-every`` epochs, log, checkpoint."""
     args, cfg = r.args, r.cfg
     n_params = sum(p.numel() for p in r.model.parameters() if p.requires_grad)
-    if is_main_process() and r.start_epoch == 0 and r.start_iter == 0:
-        (r.out_dir / "log.jsonl").write_text("")
-        (r.out_dir / "metrics.jsonl").unlink(missing_ok=True)
+    if is_main_process():
+        if r.start_epoch == 0 and r.start_iter == 0:
+            (r.out_dir / "log.jsonl").write_text("")
+            (r.out_dir / "metrics.jsonl").unlink(missing_ok=True)
+        # (rewritten on resuming: --epochs or --lr-drop may have changed)
         (r.out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     metrics = MetricsWriter(r.out_dir / "metrics.jsonl", args.log_every) if is_main_process() and args.log_every else None
     full_epoch = len(make_loader(r.dataset_train, cfg, train=True, seed=args.seed)) // args.accumulate

@@ -344,6 +344,11 @@ def test_upload_adds_an_image(explorer):
     image = _control(explorer, "image")
     assert image.value == 3 and "mine.png" in image.label
     assert ex.capture_count == 2
+    # Not an image: the explorer says so and keeps going.
+    upload.value = ({"name": "notes.txt", "type": "text/plain", "size": 5, "content": memoryview(b"hello"),
+                     "last_modified": datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)},)
+    assert "upload: notes.txt is not an image" in ex.info.value
+    assert len(image.options) == 4
 
 
 def test_inputs_of_every_kind(tmp_path):

@@ -10,7 +10,6 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -21,7 +20,6 @@ from ddetr_lib.train import main
 
 pytestmark = pytest.mark.slow
 
-VENV_BIN = Path(sys.executable).parent
 # Small and fast: 3 steps per epoch of batch 4, 8 queries.
 FAST = ["--config", "toy_detr", "--batch-size", "4", "--num-workers", "0", "--no-progress",
         "--set", "num_queries=8", "--set", "hidden_dim=32", "--set", "dim_feedforward=64",
@@ -95,7 +93,8 @@ def test_resume_is_exact(data_root, tmp_path):
 
 def test_torchrun_two_processes_on_cpu(data_root, tmp_path):
     out = tmp_path / "ddp"
-    cmd = [str(VENV_BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "ddetr_lib.train",
+    # `python -m torch.distributed.run` is torchrun (the script may not be on this venv's PATH)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "ddetr_lib.train",
            *FAST, "--data-root", str(data_root), "--output-dir", str(out), "--epochs", "1"]
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

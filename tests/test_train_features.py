@@ -111,12 +111,13 @@ def test_bf16_autocast_on_cpu(monkeypatch):
 
     model.train()
     torch.manual_seed(1)
-    out32 = model(samples)
-    loss32 = sum(v * criterion.weight_dict[k] for k, v in criterion(out32, targets).items() if k in criterion.weight_dict)
-    seen.clear()
-    torch.manual_seed(1)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out16 = model(samples)
+    with torch.no_grad():
+        out32 = model(samples)
+        loss32 = sum(v * criterion.weight_dict[k] for k, v in criterion(out32, targets).items() if k in criterion.weight_dict)
+        seen.clear()
+        torch.manual_seed(1)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out16 = model(samples)
     assert out16["pred_logits"].dtype == torch.bfloat16  # autocast was on
     assert seen and all(dtype == torch.float32 and not on for dtype, on in seen)  # kernel in float32
     loss16 = sum(v * criterion.weight_dict[k] for k, v in criterion({k: v for k, v in out16.items()}, targets).items()
@@ -334,3 +335,33 @@ def test_backbone_weights_from_a_file(tmp_path):
     torch.save(torchvision.models.resnet34(weights=None).state_dict(), path)
     with pytest.raises(SystemExit, match="does not fit"):
         build_model_once(cfg, argparse.Namespace(backbone_weights=path), torch.device("cpu"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("amp", ["fp16", "bf16"])
+def test_amp_steps_on_the_gpu(amp):
+    """fp16 with a GradScaler and bf16 on the GPU: the kernel runs in float32, a few steps stay finite
+    and the first loss is within 3% of float32's."""
+    cfg, model, criterion = _tiny_deformable()
+    device = torch.device("cuda")
+    model.to(device)
+    images, targets = _batch([2, 3])
+    samples = nested_tensor_from_tensor_list(images).to(device)
+    targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+    with torch.no_grad():
+        model.eval()
+        ref = criterion(model(samples), targets)
+        with torch.autocast("cuda", dtype=torch.float16 if amp == "fp16" else torch.bfloat16):
+            low = model(samples)
+        low = criterion({k: v for k, v in low.items()}, targets)
+    total = lambda d: float(sum(v * criterion.weight_dict[k] for k, v in d.items() if k in criterion.weight_dict))
+    assert abs(total(low) - total(ref)) <= 0.03 * abs(total(ref))
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
+    for step in range(4):
+        images, targets = _batch([2, 1], seed=step)
+        batch = [(nested_tensor_from_tensor_list(images), targets)]
+        terms, norm = train_step(model, criterion, batch, optimizer, device, clip_max_norm=0.1, amp=amp, scaler=scaler)
+        assert math.isfinite(float(terms["loss"]))
+    assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -113,3 +113,23 @@ def test_two_epoch_study_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     again = json.loads((out / "variants.json").read_text())
     assert again["variants"] == report["variants"] and "| ++ two-stage | 47.0 / 46.9 |" in proc.stdout
+
+
+@pytest.mark.parametrize("name, refine, two_stage", [("toy_deformable_detr_refine", True, False),
+                                                      ("toy_deformable_detr_refine_two_stage", True, True)])
+def test_shipped_variant_checkpoints(name, refine, two_stage):
+    # What notebooks 10 and 11 load: small, weights-only, the right variant, with its COCO stats beside it.
+    import torch
+
+    from ddetr_lib import course
+
+    path = course.checkpoint_path(name)
+    assert path.stat().st_size <= 5_000_000
+    ckpt = torch.load(path, weights_only=True)
+    assert set(ckpt) == {"model", "config", "epoch"} and ckpt["config"]["name"] == name
+    model, cfg = course.load_model(name)
+    assert (cfg.with_box_refine, cfg.two_stage) == (refine, two_stage)
+    out = model([torch.rand(3, 96, 112)])
+    assert out["pred_boxes"].shape == (1, cfg.num_queries, 4) and ("enc_outputs" in out) == two_stage
+    stats = json.loads(path.with_suffix(".eval.json").read_text())
+    assert list(stats) == COCO_STAT_NAMES and 0 < stats["AP"] <= 1

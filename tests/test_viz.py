@@ -132,10 +132,10 @@ def test_initial_sampling_locations_equal_a_freshly_initialised_model(runs, name
     for stage in ("encoder", "decoder"):
         for layer in rec[stage]:
             m, p = layer["sampling_locations"].shape[2], layer["sampling_locations"].shape[4]
-            for b in range(2):
-                loc, w = viz.initial_sampling_locations(layer["reference_points"][b], rec["spatial_shapes"], m, p)
-                torch.testing.assert_close(loc, layer["sampling_locations"][b].float(), atol=1e-5, rtol=1e-5)
-                torch.testing.assert_close(w, layer["attention_weights"][b].float(), atol=1e-6, rtol=1e-6)
+            b = padded_index(runs[name])
+            loc, w = viz.initial_sampling_locations(layer["reference_points"][b], rec["spatial_shapes"], m, p)
+            torch.testing.assert_close(loc, layer["sampling_locations"][b].float(), atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(w, layer["attention_weights"][b].float(), atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize("name", DEFORMABLE)
@@ -317,6 +317,10 @@ def test_two_stage_proposals_coloured_by_score(runs, data):
         positions.append((scores[i] - lo) / (hi - lo))
     assert np.all(np.diff(positions) >= 0)
     assert np.all(np.diff([p.get_linewidth() for p in drawn]) >= -1e-9)
+    # The title counts the proposals per feature level (token index -> level, by hand).
+    starts = run.record["level_start_index"].tolist() + [10**9]
+    counts = [sum(starts[l] <= i < starts[l + 1] for i in idx.tolist()) for l in range(len(starts) - 1)]
+    assert fig.axes[0].get_title().endswith(": " + "/".join(map(str, counts)))
     # The top proposals are the decoder's first reference boxes.
     torch.testing.assert_close(run.record["decoder_reference_boxes"][0][b, :k], boxes)
     keep = (run.outputs["pred_logits"][b].sigmoid().max(-1).values >= 0.3).sum()
@@ -349,7 +353,8 @@ def test_sampling_density_is_the_weighted_histogram_of_the_points(runs, data, na
         xs.append(pix[..., 0].ravel())
         ys.append(pix[..., 1].ravel())
         ws.append(layer["attention_weights"][b, queries, :, lvl].numpy().ravel())
-    x, y, w = np.concatenate(xs), np.concatenate(ys), np.concatenate(ws) / (len(queries) * layer["sampling_locations"].shape[2])
+    n_heads = layer["sampling_locations"].shape[2]
+    x, y, w = np.concatenate(xs), np.concatenate(ys), np.concatenate(ws) / (len(queries) * n_heads)
     h_img, w_img = size
     bx, by = (32, round(32 * h_img / w_img)) if w_img >= h_img else (round(32 * w_img / h_img), 32)
     inside = (x >= 0) & (x <= w_img) & (y >= 0) & (y <= h_img)
@@ -415,6 +420,10 @@ def test_detr_decoder_attention_per_detection_and_head(runs, data):
         for c, want in enumerate(maps_want, start=1):
             (im,) = [a for a in grid[r, c].get_images() if a.get_gid() == "attention"]
             np.testing.assert_allclose(im.get_array(), want.reshape(hf, wf)[:vh, :vw].numpy(), atol=1e-7)
+    with pytest.raises(ValueError, match="maps"):
+        viz.plot_detr_decoder_attention(runs["trained"].record, runs["trained"].outputs, image)
+    with pytest.raises(ValueError, match="layer"):
+        viz.plot_detr_decoder_attention(maps, run.outputs, image, layer=5)
 
 
 # ----------------------------------------------------------------------------- matching
@@ -508,7 +517,8 @@ def test_save_prediction_figure_draws_ground_truth_and_predictions(tmp_path):
     for image_id in sorted(ds.coco.imgs):
         anns = ds.coco.imgToAnns[image_id]
         xywh = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
-        results[image_id] = {"scores": torch.full((len(anns),), 0.9), "labels": torch.tensor([a["category_id"] for a in anns]),
+        results[image_id] = {"scores": torch.full((len(anns),), 0.9),
+                             "labels": torch.tensor([a["category_id"] for a in anns]),
                              "boxes": torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)}
     path = viz.save_prediction_figure(ds, results, tmp_path / "pred.png", n=3)
     assert path.exists() and path.stat().st_size > 5_000

@@ -35,7 +35,7 @@ def _reference_locations(reference_box, offsets):
     """The library's MSDeformAttn, its offsets fixed to ``offsets`` for every query, records
     where it samples around the box references."""
     m, l, p, _ = offsets.shape
-    attn = MSDeformAttn(d_model=8 * m, n_levels=l, n_heads=m, n_points=p, backend="torch")
+    attn = MSDeformAttn(8 * m, l, m, p, backend="torch")  # d_model, levels, heads, points
     with torch.no_grad():
         attn.sampling_offsets.weight.zero_()
         attn.sampling_offsets.bias.copy_(offsets.flatten())

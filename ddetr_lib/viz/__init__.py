@@ -15,9 +15,9 @@ from ddetr_lib.viz.common import (CapturedRun, confident_queries, model_input, q
 from ddetr_lib.viz.curves import plot_learning_curves, read_log  # noqa: F401
 from ddetr_lib.viz.matching import matching_costs, plot_matching  # noqa: F401
 from ddetr_lib.viz.detr_attention import plot_detr_decoder_attention, plot_detr_encoder_attention  # noqa: F401
-from ddetr_lib.viz.deformable import (initial_sampling_locations, plot_initial_vs_trained, plot_refinement,  # noqa: F401
-                                     plot_sampling_density, plot_two_stage, refinement_track, sampling_density,
-                                     two_stage_proposals)
+from ddetr_lib.viz.deformable import (initial_offsets, initial_sampling_locations,  # noqa: F401
+                                     plot_initial_vs_trained, plot_refinement, plot_sampling_density,
+                                     plot_two_stage, refinement_track, sampling_density, two_stage_proposals)
 # --- end h3-viz ---
 # --- sampling points (Fig. 6) and the interactive explorer (h4-explorer) ---
 from ddetr_lib.viz.sampling import (QueryPoints, draw_query_sampling, encoder_cell_box, encoder_query_at,  # noqa: F401

@@ -35,7 +35,7 @@ def model_input(image) -> torch.Tensor:
         with Image.open(image) as im:
             image = im.convert("RGB")
     pixels = to_numpy_image(image)  # (H, W, 3) uint8
-    x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).float() / 255.0  # (3, H, W)
+    x = torch.from_numpy(np.array(pixels, copy=True)).permute(2, 0, 1).float() / 255.0  # (3, H, W)
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
     return (x - mean) / std

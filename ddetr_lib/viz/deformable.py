@@ -54,29 +54,38 @@ def _check_record(record: Mapping, batch_index: int, stage: str | None = None, l
 
 # ----------------------------------------------------------------------------- initial pattern
 @torch.no_grad()
+def initial_offsets(n_heads: int, n_levels: int, n_points: int) -> torch.Tensor:
+    """The sampling offsets of a freshly initialised ``MSDeformAttn`` (the official initialisation):
+    (M, L, P, 2) as (x, y). They do not depend on the query (the offset layer's weight starts at 0,
+    only its bias counts): head m points along angle 2*pi*m/M, point k at k+1 steps."""
+    from ddetr_lib.models import MSDeformAttn
+
+    attn = MSDeformAttn(2 * n_heads, n_levels, n_heads, n_points)  # d_model, levels, heads, points
+    if attn.sampling_offsets.weight.any():
+        raise RuntimeError("MSDeformAttn's initialisation changed: its offsets now depend on the query")
+    return attn.sampling_offsets.bias.detach().view(n_heads, n_levels, n_points, 2)
+
+
 def initial_sampling_locations(reference_points: torch.Tensor, spatial_shapes: torch.Tensor, n_heads: int,
                                n_points: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Where a freshly initialised deformable attention samples around given reference points.
 
     reference_points: (Lq, L, 2 or 4) padded coordinates, as the record holds them.
-    Runs a new ``MSDeformAttn`` (official initialisation: offsets independent of the query,
-    head m on a ray at angle 2*pi*m/M, point k at k+1 steps; uniform weights) on them.
+    The offsets of :func:`initial_offsets` are in pixels of each level for a point reference
+    (divided by the level's (W_l, H_l)) and in units of the half box for a box reference
+    (divided by P, times (w, h) / 2), as in ``MSDeformAttn``. Weights start uniform.
     -> sampling_locations (Lq, M, L, P, 2), attention_weights (Lq, M, L, P).
     """
-    from ddetr_lib.models import MSDeformAttn
-
-    n_levels = reference_points.shape[-2]
-    attn = MSDeformAttn(d_model=2 * n_heads, n_levels=n_levels, n_heads=n_heads, n_points=n_points,
-                        backend="torch")
-    shapes = torch.as_tensor(spatial_shapes, dtype=torch.long)
-    starts = torch.cat([shapes.new_zeros(1), (shapes[:, 0] * shapes[:, 1]).cumsum(0)[:-1]])
-    got = {}
-    attn.record_attention = lambda ref, loc, w: got.update(loc=loc[0], w=w[0])
-    lq = reference_points.shape[0]
-    refs = reference_points.float()[None]  # (1, Lq, L, 2 or 4)
-    attn(torch.zeros(1, lq, 2 * n_heads), refs, torch.zeros(1, int(shapes.prod(1).sum()), 2 * n_heads), shapes,
-         starts)
-    return got["loc"], got["w"]
+    refs = reference_points.double()  # (Lq, L, 2 or 4)
+    lq, n_levels = refs.shape[:2]
+    offsets = initial_offsets(n_heads, n_levels, n_points).double()[None]  # (1, M, L, P, 2)
+    if refs.shape[-1] == 2:
+        wh = torch.as_tensor(spatial_shapes, dtype=torch.float64).flip(-1)  # (L, 2) as (W_l, H_l)
+        loc = refs[:, None, :, None, :] + offsets / wh[None, None, :, None, :]
+    else:
+        loc = refs[:, None, :, None, :2] + offsets / n_points * refs[:, None, :, None, 2:] * 0.5
+    weights = torch.full((lq, n_heads, n_levels, n_points), 1.0 / (n_levels * n_points), dtype=torch.float64)
+    return loc.float(), weights.float()
 
 
 def _pick_query(record, outputs, stage: str, layer: int, batch_index: int, query, point, size, level: int):
@@ -166,7 +175,8 @@ def plot_initial_vs_trained(record: Mapping, image, batch_index: int = 0, stage:
         if stage == "encoder":
             ax.add_patch(box_patch(encoder_cell_box(record, query, size, batch_index), edgecolor="red",
                                    linewidth=1.2))
-    handles = [Line2D([], [], color=c, marker="o", linestyle="-", label=f"head {m}") for m, c in enumerate(head_colours)]
+    handles = [Line2D([], [], color=c, marker="o", linestyle="-", label=f"head {m}")
+               for m, c in enumerate(head_colours)]
     handles += [Line2D([], [], color="gray", marker=LEVEL_MARKERS[l % len(LEVEL_MARKERS)], linestyle="none",
                        label=f"level {l}") for l in range(n_levels)]
     handles += [Line2D([], [], color="red", marker="x", linestyle="none", label="reference point")]
@@ -342,8 +352,10 @@ def plot_two_stage(record: Mapping, outputs: Mapping, image, batch_index: int = 
                                     linewidth=0.6 + 1.6 * norm(scores[i].item()), gid="proposal"))
     fig.colorbar(ScalarMappable(norm=norm, cmap=colours), ax=axes[0], fraction=0.046, pad=0.02,
                  label="proposal score")
-    axes[0].set_title(f"encoder: top {len(scores)} proposals\n(they become the decoder's reference boxes)",
-                      fontsize=9)
+    per_level = torch.bincount(props["levels"], minlength=len(record["spatial_shapes"])).tolist()
+    axes[0].set_title(f"encoder: top {len(scores)} proposals (the decoder's reference boxes)\n"
+                      f"from levels {'/'.join(map(str, range(len(per_level))))}: "
+                      f"{'/'.join(map(str, per_level))}", fontsize=9)
     keep = confident_queries(outputs, batch_index, focal=True, score_threshold=score_threshold, min_queries=3)
     det_scores, det_labels = query_scores(outputs, batch_index, focal=True)
     draw_boxes(axes[1], image, boxes_to_pixels(outputs["pred_boxes"][batch_index, keep].detach().cpu(), (h, w)),
@@ -410,9 +422,11 @@ def plot_sampling_density(record: Mapping, outputs: Mapping, image, batch_index:
     im.set_gid("density")
     scores, labels = query_scores(outputs, batch_index, focal=True)
     for q in queries.tolist():
-        ax.add_patch(box_patch(boxes_to_pixels(outputs["pred_boxes"][batch_index, q:q + 1].detach().cpu(),
-                                               (h, w))[0], edgecolor=class_colour(int(labels[q])), linewidth=1.2,
-                               gid="detection"))
+        box = boxes_to_pixels(outputs["pred_boxes"][batch_index, q:q + 1].detach().cpu(), (h, w))[0]
+        colour = class_colour(int(labels[q]))
+        ax.add_patch(box_patch(box, edgecolor=colour, linewidth=1.4, gid="detection"))
+        ax.text(float(box[0]), float(box[1]), f"{_name(int(labels[q]), names)} {scores[q]:.2f}", fontsize=7,
+                va="bottom", ha="left", clip_on=True, bbox=dict(facecolor=colour, edgecolor="none", alpha=0.8, pad=0.5))
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label="share of attention per cell")
     n_layers = len(record["decoder"])
     note = f"\n({outside} of their points fall outside the image)" if outside else ""

@@ -105,13 +105,14 @@ def plot_detr_encoder_attention(maps: dict, image, points, batch_index: int = 0,
 
 def plot_detr_decoder_attention(maps: dict, outputs: dict, image, batch_index: int = 0, layer: int = -1,
                                 score_threshold: float = 0.5, max_detections: int = 4, per_head: bool = True,
-                                names: Mapping[int, str] | Sequence[str] | None = None):
+                                names: Mapping[int, str] | Sequence[str] | None = None, axes=None):
     """Decoder cross-attention of each detection: which pixels a query reads to find its object.
 
     Rows: the confident queries of image ``batch_index`` (score >= ``score_threshold``, at most
     ``max_detections``; the best one if none passes). Columns: the image with the box,
     the attention map averaged over heads, and (``per_head``) one map per head. Each
-    map has its own colour scale. Returns the figure.
+    map has its own colour scale. axes: a (rows, columns) array of Axes to draw into (as many
+    rows as detections shown). Returns the figure.
     """
     import matplotlib.pyplot as plt
 
@@ -121,8 +122,13 @@ def plot_detr_decoder_attention(maps: dict, outputs: dict, image, batch_index: i
     scores, labels = query_scores(outputs, batch_index, focal=False)
     n_heads = attn.shape[1]
     ncols = 2 + (n_heads if per_head else 0)
-    fig, axes = plt.subplots(len(queries), ncols, figsize=(2.3 * ncols, 2.4 * len(queries)), squeeze=False,
-                             constrained_layout=True)
+    if axes is None:
+        fig, axes = plt.subplots(len(queries), ncols, figsize=(2.3 * ncols, 2.4 * len(queries)), squeeze=False,
+                                 constrained_layout=True)
+    axes = np.asarray(axes, dtype=object).reshape(-1, ncols)
+    if len(axes) < len(queries):
+        raise ValueError(f"axes: {len(axes)} rows for {len(queries)} detections")
+    fig = axes[0, 0].figure
     for r, q in enumerate(queries.tolist()):
         h, w = show_image(axes[r, 0], image)
         box = boxes_to_pixels(outputs["pred_boxes"][batch_index, q:q + 1].detach().cpu(), (h, w))[0].tolist()

@@ -50,8 +50,8 @@ class _ImageSource:
         self.dataset = None
         if isinstance(images, (str, os.PathLike, torch.Tensor, np.ndarray)) or hasattr(images, "convert"):
             images = [images]  # one image given on its own
-        if isinstance(images, torch.utils.data.Dataset) or (hasattr(images, "__getitem__") and hasattr(images, "__len__")
-                                                              and not isinstance(images, (list, tuple))):
+        is_sequence = hasattr(images, "__getitem__") and hasattr(images, "__len__")
+        if isinstance(images, torch.utils.data.Dataset) or (is_sequence and not isinstance(images, (list, tuple))):
             self.dataset = images
             self.items = None
             n = len(images)
@@ -193,7 +193,7 @@ class SamplingExplorer:
     def __init__(self, model, images, class_names=None, *, cfg=None, size: int | None = None,
                  max_size: int | None = None, stage: str = "decoder", score: float = 0.3, top_k: int | None = None,
                  attention_backend: str | None = "torch", capture_threads: int | str | None = "auto",
-                 cache_size: int = 8, figsize=(6.4, 4.8), dpi: int = 80,
+                 cache_size: int = 8, cache_mb: float = 1024, figsize=(6.4, 4.8), dpi: int = 80,
                  interactive: bool | None = None):
         import ipywidgets as W
 
@@ -202,6 +202,8 @@ class SamplingExplorer:
             raise ValueError(f"stage: expected 'encoder' or 'decoder', got {stage!r}")
         if not 0.0 <= float(score) <= 1.0:
             raise ValueError(f"score: expected a threshold in [0, 1], got {score}")
+        if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+            raise ValueError(f"top_k: expected a positive number of points or None, got {top_k!r}")
         self.model = model
         self.source = _ImageSource(images)
         self.class_names = class_names if class_names is not None else self.source.class_names()
@@ -214,6 +216,7 @@ class SamplingExplorer:
         self.capture_threads = capture_threads
         self.cache: OrderedDict[int, dict] = OrderedDict()
         self.cache_size = max(1, int(cache_size))
+        self.cache_bytes = float(cache_mb) * 2**20
         self.capture_count = self.draw_count = 0
         self.capture_seconds: list[float] = []  # wall clock
         self.draw_seconds: list[float] = []
@@ -223,12 +226,12 @@ class SamplingExplorer:
 
         # The model's shape (layers, heads, levels, points), read off the first image's record.
         rec = self.entry(0)["record"]
-        self.num_layers = {stage: len(rec[stage]) for stage in ("encoder", "decoder")}
+        self.num_layers = {s: len(rec[s]) for s in ("encoder", "decoder")}
         _, _, self.num_heads, self.num_levels, _ = rec["encoder"][0]["attention_weights"].shape
-        self.num_points = {stage: rec[stage][0]["attention_weights"].shape[-1] for stage in ("encoder", "decoder")}
+        self.num_points = {s: rec[s][0]["attention_weights"].shape[-1] for s in ("encoder", "decoder")}
 
         # Controls (descriptions are a contract: image, stage, layer, head, levels, top-k, score, query, x, y).
-        style = {"description_width": "70px"}
+        style = {"description_width": "80px"}
         wide = W.Layout(width="330px")
         c = {}
         c["image"] = W.Dropdown(options=self._image_options(), value=0, description="image", style=style, layout=wide)
@@ -361,14 +364,20 @@ class SamplingExplorer:
         h, w = rgb.shape[:2]
         from ddetr_lib.viz.images import boxes_to_pixels
 
-        entry = {"rgb": rgb, "size": (h, w), "capture_seconds": time.perf_counter() - t0, "input_size": tuple(x.shape[1:]), "record": record, "outputs": outputs,
-                 "scores": scores.numpy(), "labels": labels.numpy(),
-                 "boxes": boxes_to_pixels(outputs["pred_boxes"][0], (h, w)).numpy()}
+        entry = {"rgb": rgb, "size": (h, w), "input_size": tuple(x.shape[1:]), "record": record, "outputs": outputs,
+                 "scores": scores.numpy(), "labels": labels.numpy(),  # best class per query (Q,)
+                 "boxes": boxes_to_pixels(outputs["pred_boxes"][0], (h, w)).numpy(),  # (Q, 4) pixels of rgb
+                 "capture_seconds": time.perf_counter() - t0}
         self.capture_seconds.append(entry["capture_seconds"])
         self.capture_cpu_seconds.append(time.process_time() - c0)
         self.capture_count += 1
+        entry["nbytes"] = sum(t.numel() * t.element_size() for layer in record["encoder"] + record["decoder"]
+                              for t in layer.values())
         self.cache[index] = entry
-        while len(self.cache) > self.cache_size:
+        # Keep the most recent images, within the image count and the memory budget (an official
+        # model's record at 800 px is ~200 MB: mostly the encoder's points, one per pixel).
+        while len(self.cache) > 1 and (len(self.cache) > self.cache_size
+                                       or sum(e["nbytes"] for e in self.cache.values()) > self.cache_bytes):
             self.cache.popitem(last=False)
         return entry
 
@@ -440,7 +449,11 @@ class SamplingExplorer:
         query.value = current if current in keep else keep[0]
 
     def _on_upload(self, change):
-        got = _decode_upload(change["new"])
+        try:
+            got = _decode_upload(change["new"])
+        except ValueError as e:  # say it where the user looks, keep the explorer running
+            self.info.value = f"<b style='color:#b00'>{e}</b>"
+            return
         if got is None:
             return
         image, name = got
@@ -562,12 +575,18 @@ def explore_sampling(model, images, class_names=None, **options):
     dataset (e.g. ``CocoDetection``: its images and class names are used).
     class_names: class id -> name (dict or list); default: the dataset's categories.
 
-    options: ``cfg`` (resize like its validation transform), or ``size`` / ``max_size``
-    (short side, long-side cap; default: no resize), ``stage`` ("decoder"), ``score`` (0.3),
-    ``top_k``, ``attention_backend`` ("torch": no Numba compile wait; None keeps the
-    model's), ``capture_threads`` ("auto": one thread for images up to 256 x 256, where
-    more only wait for each other; None keeps torch's setting), ``cache_size`` (8 images), ``figsize``, ``dpi``, ``interactive`` (default:
-    whether ``%matplotlib widget`` is on).
+    options:
+      ``cfg``           resize like its validation transform; or ``size`` / ``max_size`` (short
+                        side, long-side cap; default: no resize)
+      ``stage``         "decoder" (default) or "encoder" at the start
+      ``score``         detections listed from this score (0.3)
+      ``top_k``         heaviest points shown (default all)
+      ``attention_backend``  "torch" (default: no Numba compile wait); None keeps the model's
+      ``capture_threads``    "auto": one thread for images up to 256 x 256, where more only
+                        wait for each other; None keeps torch's setting
+      ``cache_size``, ``cache_mb``  records kept: 8 images, at most 1024 MB
+      ``figsize``, ``dpi``   the picture (6.4 x 4.8 in at 80 dpi)
+      ``interactive``   use the ipympl canvas (default: whether ``%matplotlib widget`` is on)
 
     Controls (``description``): image, upload, stage, layer, head, levels, top-k, score,
     query (decoder), query level, x, y (encoder). The returned widget's ``.explorer`` is

@@ -46,7 +46,8 @@ def to_numpy_image(image, normalized: bool | None = None) -> np.ndarray:
             return image.expand(3, -1, -1).permute(1, 2, 0).cpu().numpy()
         if normalized is None or normalized:
             return denormalize(image.expand(3, -1, -1))
-        return (image.detach().cpu().float().clamp(0, 1).expand(3, -1, -1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        rgb = image.detach().cpu().float().clamp(0, 1).expand(3, -1, -1).permute(1, 2, 0).numpy()  # (H, W, 3)
+        return (rgb * 255).round().astype(np.uint8)
     if hasattr(image, "convert"):  # PIL image
         return np.asarray(image.convert("RGB"))
     arr = np.asarray(image)

@@ -29,7 +29,7 @@ a normalised coordinate u sits at ``u * W``. On a level's own map the same rule 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Mapping
 
 import numpy as np
 import torch
@@ -365,7 +365,10 @@ class SamplingArtists:
         text = _label_text(label, score, class_names) if on_image and box is not None else ""
         self.label.set_visible(bool(text))
         if text:
+            # Above the box, or just inside it when the box touches the top of the picture.
+            inside = float(box[1]) < 0.08 * h
             self.label.set_text(text)
+            self.label.set_verticalalignment("top" if inside else "bottom")
             self.label.set_position((float(box[0]), float(box[1])))
         segments = []
         for x0, y0, x1, y1 in ([] if other_boxes is None or not on_image else np.asarray(other_boxes)):
