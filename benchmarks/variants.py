@@ -140,13 +140,24 @@ def ensure_data(root: Path) -> None:
 
 
 # --------------------------------------------------------------------------- report
-def final_metrics(curve: dict) -> dict:
-    """The last evaluation's numbers (what the run ends with), the best AP and when it came."""
-    last = curve["coco_stats"][-1]
-    best = max(range(len(curve["AP"])), key=lambda i: curve["AP"][i])
-    return {**{m: last[m] for m in METRICS}, "epochs": curve["epoch"][-1],
+def final_metrics(curve: dict, epoch: int | None = None) -> dict:
+    """The numbers of the evaluation after ``epoch`` (default: the last one), the training
+    time up to it, and the best AP up to it and when it came."""
+    i = len(curve["epoch"]) - 1 if epoch is None else curve["epoch"].index(epoch)
+    stats = curve["coco_stats"][i]
+    best = max(range(i + 1), key=lambda j: curve["AP"][j])
+    return {**{m: stats[m] for m in METRICS}, "epochs": curve["epoch"][i],
             "best_AP": curve["AP"][best], "best_AP_epoch": curve["epoch"][best],
-            "train_time_s": curve["train_time_s"][-1], "epoch_s": curve["epoch_s"], "step_ms": curve["step_ms"]}
+            "train_time_s": curve["train_time_s"][i], "epoch_s": curve["epoch_s"], "step_ms": curve["step_ms"]}
+
+
+def common_epoch(curves: dict) -> int:
+    """The last epoch evaluated in every run: variants are compared there (they differ only
+    while a study is still running, or after a run was stopped early)."""
+    shared = set.intersection(*(set(c["epoch"]) for c in curves.values()))
+    if not shared:
+        raise SystemExit("error: the runs have no evaluated epoch in common")
+    return max(shared)
 
 
 def summarize(finals: dict) -> dict:
@@ -237,7 +248,9 @@ def write_report(args: argparse.Namespace) -> dict:
     curves = {n: c for n, c in curves.items() if c["epoch"]}
     if not curves:
         raise SystemExit(f"error: no evaluated epochs under {args.work_dir}")
-    finals = {n: final_metrics(c) for n, c in curves.items()}
+    epoch = common_epoch(curves)
+    finals = {n: final_metrics(c, epoch) for n, c in curves.items()}
+    unfinished = {n: c["epoch"][-1] for n, c in curves.items() if c["epoch"][-1] != epoch}
     commands_path = args.work_dir / "commands.json"
     if commands_path.exists():
         commands, commands_note = json.loads(commands_path.read_text()), "as run"
@@ -252,8 +265,9 @@ def write_report(args: argparse.Namespace) -> dict:
 
     report = {
         "description": "Deformable DETR variants (toy presets) trained with the same recipe, epochs, seed and "
-                       "data; val COCO box stats of the last epoch (and per epoch in 'curves'); train_time_s is "
-                       "cumulative training wall-clock (evaluation excluded) with the runs side by side",
+                       "data; 'variants': val COCO box stats after 'compared_at_epoch' (the last epoch all runs "
+                       "reached; per epoch in 'curves'); train_time_s is cumulative training wall-clock up to "
+                       "it (evaluation excluded) with the runs side by side",
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "threads_per_run": args.threads,
                     "runs_side_by_side": 1 if args.sequential else len(commands),
@@ -262,6 +276,8 @@ def write_report(args: argparse.Namespace) -> dict:
         "commands": commands,
         "commands_note": commands_note,
         "coco_reference_AP": COCO_AP,
+        "compared_at_epoch": epoch,
+        "runs_ahead_of_that_epoch": unfinished,
         "variants": finals,
         "curves": curves,
         "configs": {n: {k: cfg[k] for k in ("num_feature_levels", "with_box_refine", "two_stage", "num_queries",

@@ -52,6 +52,15 @@ def test_final_metrics_take_the_last_epoch_and_remember_the_best(var):
     assert f["train_time_s"] == 180.0
 
 
+def test_unfinished_runs_are_compared_at_their_last_common_epoch(var):
+    curves = {"a": _curve([0.1, 0.2, 0.3, 0.4]), "b": _curve([0.05, 0.15])}
+    assert var.common_epoch(curves) == 2
+    f = var.final_metrics(curves["a"], 2)
+    assert f["AP"] == 0.2 and f["epochs"] == 2 and f["best_AP"] == 0.2 and f["train_time_s"] == 120.0
+    with pytest.raises(SystemExit):
+        var.common_epoch({"a": _curve([0.1]), "b": {**_curve([0.2]), "epoch": [5]}})
+
+
 def test_summary_gains_and_order_against_coco(var):
     finals = {n: var.final_metrics(_curve([ap])) for n, ap in
               [("toy_deformable_detr", 0.30), ("toy_deformable_detr_single_scale", 0.20),
