@@ -58,3 +58,8 @@ def test_tensor_bytes_created_counts_intermediates():
 
     out, total = course.tensor_bytes_created(two_ops, x)
     assert total == 2 * 400 and out.shape == (10, 10)
+
+    def views_and_in_place(t):
+        return t.view(-1).view(10, 10).t().add_(1)  # no new memory at all
+
+    assert course.tensor_bytes_created(views_and_in_place, x.clone())[1] == 0

@@ -206,8 +206,9 @@ def check_function(title: str, fn: Callable, cases: Iterable[Sequence], referenc
 
 # --------------------------------------------------------------------------- measuring
 def tensor_bytes_created(fn: Callable, *args, **kwargs) -> tuple[Any, int]:
-    """Run ``fn(*args, **kwargs)``; return its result and the bytes of every tensor that a
-    PyTorch operation created meanwhile (intermediates included, whether freed or not).
+    """Run ``fn(*args, **kwargs)``; return its result and the bytes of new memory that PyTorch
+    operations allocated meanwhile for their results (intermediates included, whether freed or
+    not; views and in-place results share memory and are not counted).
 
     A device-independent way to compare how much memory two implementations churn
     through (notebooks 07 and 08). Memory allocated outside PyTorch operations (inside a
@@ -221,7 +222,12 @@ def tensor_bytes_created(fn: Callable, *args, **kwargs) -> tuple[Any, int]:
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
-            self.total += sum(t.untyped_storage().nbytes() for t in tree_leaves(out) if isinstance(t, torch.Tensor))
+            # Count new memory only: a view or an in-place result shares an input's storage.
+            seen = {t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+            for t in tree_leaves(out):
+                if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in seen:
+                    seen.add(t.untyped_storage().data_ptr())
+                    self.total += t.untyped_storage().nbytes()
             return out
 
     with _CountBytes() as counter:
