@@ -31,16 +31,18 @@ def check_refine_box(fn) -> CheckResult:
 
 
 def _reference_locations(reference_box, offsets):
-    """The library's MSDeformAttn, its offsets fixed to ``offsets`` for every query: where it
-    samples around the box references (``MSDeformAttn.sampling_points``, what its forward uses)."""
+    """Where the library's MSDeformAttn samples around box references, its offsets fixed to
+    ``offsets`` for every query (``MSDeformAttn.sampling_points``, the step its forward uses)."""
     m, l, p, _ = offsets.shape
     attn = MSDeformAttn(8 * m, l, m, p, backend="torch")  # d_model, levels, heads, points
     with torch.no_grad():
         attn.sampling_offsets.weight.zero_()
         attn.sampling_offsets.bias.copy_(offsets.flatten())
-        q = reference_box.shape[0]
+    shapes = torch.tensor([[6, 5]] * l)
+    q = reference_box.shape[0]
+    with torch.no_grad():
         locations, _ = attn.sampling_points(torch.zeros(1, q, 8 * m), reference_box[None, :, None].expand(1, q, l, 4),
-                                            torch.tensor([[6, 5]] * l))
+                                            shapes)
     return locations[0]
 
 
