@@ -26,13 +26,15 @@ def var():
 
 
 def test_default_commands_are_the_committed_runs(var):
-    # The committed study ran exactly these (outputs/variants/run.sh of the lead's run).
+    # The committed study's schedule: 10 epochs, lr drop after 8, seed 42, every epoch evaluated.
     args = var.parse_args([])
     for name in var.VARIANTS:
         cmd = var.train_command(name, args)
         assert cmd[1:] == ["-m", "ddetr_lib.train", "--config", name, "--data-root", "data/synthetic_demo",
                            "--output-dir", f"outputs/variants/{name}", "--seed", "42", "--eval-every", "1",
-                           "--no-progress", "--overwrite"]
+                           "--no-progress", "--epochs", "10", "--lr-drop", "8", "--overwrite"]
+    presets = var.train_command("toy_deformable_detr", var.parse_args(["--epochs", "0"]))
+    assert "--epochs" not in presets and "--lr-drop" not in presets  # the presets' own 23 epochs
     short = var.parse_args(["--epochs", "3", "--set", "hidden_dim=32", "--steps-per-epoch", "4"])
     cmd = var.train_command("toy_deformable_detr_refine", short)
     assert cmd[cmd.index("--epochs") + 1] == "3" and "--lr-drop" not in cmd  # the CLI keeps the recipe's fraction
