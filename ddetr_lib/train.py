@@ -585,8 +585,6 @@ def run(args: argparse.Namespace) -> dict:
         finish(r)
     except StopRequested:  # during --eval-only or the check after resuming: nothing new to save
         raise Stopped("stopped during evaluation; nothing new to save", is_main_process()) from None
-        if dist.is_initialized():
-            dist.barrier()
     finally:
         r.stop.restore()
         if dist.is_initialized():
