@@ -20,7 +20,8 @@ Workloads (``--workloads``, comma-separated):
   ``transformers``' DeformableDetr (as in ``train_step_vs_transformers.py``).
 
 For each workload it prints per competitor the quiet and busy medians and the
-slow-down (busy / quiet), and the ratio other / ours in both conditions.
+slow-down (busy / quiet), the ratio other / ours in both conditions, and the CPU
+time the step used (all threads: time burnt busy-waiting shows up there).
 
     PYTHONSAFEPATH=1 .venv/bin/python benchmarks/load_bench.py                       # kernel,toy; 1 busy core
     PYTHONSAFEPATH=1 .venv/bin/python benchmarks/load_bench.py --workloads r50 --repeats 4
@@ -43,6 +44,7 @@ import datetime  # noqa: E402
 import importlib  # noqa: E402
 import json  # noqa: E402
 import multiprocessing as mp  # noqa: E402
+import resource  # noqa: E402
 import signal  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
@@ -159,6 +161,12 @@ WORKLOADS = {"kernel": kernel_workload, "toy": toy_workload, "r50": r50_workload
 
 
 # ---------------------------------------------------------------------------- timing
+def _cpu_seconds() -> float:
+    """CPU time of this process, all its threads (busy-waiting threads count; the busy processes do not)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def measure(runners: dict, busy: BusyCores, repeats: int, warmup: int) -> dict:
     """Alternate quiet / busy, and the runners within each; per runner and condition the times in ms."""
     for name, run in runners.items():
@@ -166,16 +174,17 @@ def measure(runners: dict, busy: BusyCores, repeats: int, warmup: int) -> dict:
             t0 = time.perf_counter()
             run()
             print(f"  warm-up {name:<13} {(time.perf_counter() - t0) * 1e3:9.1f} ms", flush=True)
-    times = {name: {"quiet": [], "busy": []} for name in runners}
+    times = {name: {"quiet": [], "busy": [], "quiet_cpu": [], "busy_cpu": []} for name in runners}
     for r in range(repeats):
         for condition in ("quiet", "busy"):
             busy.on() if condition == "busy" else busy.off()
             for name, run in runners.items():
-                t0 = time.perf_counter()
+                c0, t0 = _cpu_seconds(), time.perf_counter()
                 run()
                 times[name][condition].append((time.perf_counter() - t0) * 1e3)
-                print(f"  round {r + 1}/{repeats} {condition:<5} {name:<13} {times[name][condition][-1]:9.1f} ms",
-                      flush=True)
+                times[name][f"{condition}_cpu"].append((_cpu_seconds() - c0) * 1e3)
+                print(f"  round {r + 1}/{repeats} {condition:<5} {name:<13} {times[name][condition][-1]:9.1f} ms "
+                      f"(CPU {times[name][f'{condition}_cpu'][-1]:9.1f} ms)", flush=True)
     busy.off()
     return times
 
@@ -185,6 +194,8 @@ def summarise(ours: str, times: dict) -> dict:
     for name, per in times.items():
         quiet, busy = statistics.median(per["quiet"]), statistics.median(per["busy"])
         out[name] = {"quiet_ms": quiet, "busy_ms": busy, "slowdown": busy / quiet,
+                     "quiet_cpu_ms": statistics.median(per["quiet_cpu"]),
+                     "busy_cpu_ms": statistics.median(per["busy_cpu"]),
                      "quiet_all_ms": per["quiet"], "busy_all_ms": per["busy"]}
     for name in times:
         if name != ours:
@@ -229,7 +240,8 @@ def main(argv=None) -> int:
             results[name] = summarise(ours, times)
             print(f"\n{name}: median ms (quiet / busy, slow-down)", flush=True)
             for runner, r in results[name].items():
-                line = f"  {runner:<13} {r['quiet_ms']:9.1f} / {r['busy_ms']:9.1f}   x{r['slowdown']:.2f}"
+                line = (f"  {runner:<13} {r['quiet_ms']:9.1f} / {r['busy_ms']:9.1f}   x{r['slowdown']:.2f}"
+                        f"   (CPU ms {r['quiet_cpu_ms']:.0f} / {r['busy_cpu_ms']:.0f})")
                 if "ratio_over_ours" in r:
                     q, b = r["ratio_over_ours"]["quiet"], r["ratio_over_ours"]["busy"]
                     line += f"   {runner}/{ours}: quiet {q:.2f}x, busy {b:.2f}x"
