@@ -161,17 +161,21 @@ WORKLOADS = {"kernel": kernel_workload, "toy": toy_workload, "r50": r50_workload
 # ---------------------------------------------------------------------------- timing
 def measure(runners: dict, busy: BusyCores, repeats: int, warmup: int) -> dict:
     """Alternate quiet / busy, and the runners within each; per runner and condition the times in ms."""
-    for run in runners.values():
+    for name, run in runners.items():
         for _ in range(warmup):
+            t0 = time.perf_counter()
             run()
+            print(f"  warm-up {name:<13} {(time.perf_counter() - t0) * 1e3:9.1f} ms", flush=True)
     times = {name: {"quiet": [], "busy": []} for name in runners}
-    for _ in range(repeats):
+    for r in range(repeats):
         for condition in ("quiet", "busy"):
             busy.on() if condition == "busy" else busy.off()
             for name, run in runners.items():
                 t0 = time.perf_counter()
                 run()
                 times[name][condition].append((time.perf_counter() - t0) * 1e3)
+                print(f"  round {r + 1}/{repeats} {condition:<5} {name:<13} {times[name][condition][-1]:9.1f} ms",
+                      flush=True)
     busy.off()
     return times
 

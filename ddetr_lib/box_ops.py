@@ -25,6 +25,7 @@ __all__ = [
     "box_iou",
     "generalized_box_iou",
     "scale_boxes",
+    "inverse_sigmoid",
 ]
 
 
@@ -51,3 +52,13 @@ def scale_boxes(boxes: torch.Tensor, image_sizes: torch.Tensor) -> torch.Tensor:
     h, w = image_sizes.unbind(-1)
     scale = torch.stack([w, h, w, h], dim=-1).to(boxes.dtype)  # (B, 4)
     return boxes * scale[:, None, :]
+
+
+def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """log(x / (1 - x)), the inverse of ``sigmoid``; x and 1 - x are clamped to at least eps.
+
+    Boxes in [0, 1] come out of a sigmoid; Deformable DETR refines a box by adding the box
+    head's output to ``inverse_sigmoid(box)`` and taking the sigmoid again.
+    """
+    x = x.clamp(min=0, max=1)
+    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))

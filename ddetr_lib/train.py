@@ -46,6 +46,7 @@ from ddetr_lib.engine import (
     TrainingDiverged,
     evaluate,
     format_coco_table,
+    stop_agreed,
     train_one_epoch,
 )
 from ddetr_lib.optim import build_optimizer, build_scheduler
@@ -436,7 +437,8 @@ def resume(r: Run, path: Path) -> None:
     where = f"epoch {r.start_epoch}" + (f", step {r.start_iter}" if r.start_iter else "")
     log(f"resumed from {path} at {where}")
     _truncate_logs(r)
-    stats, _ = r.evaluate()  # check the resumed model, as the official code does
+    stats, results = r.evaluate()  # check the resumed model, as the official code does
+    r.last_stats, r.last_results = stats, results  # (what finish() reports if no epoch is left)
     log(f"resumed model: AP {stats['AP']:.3f}, AP50 {stats['AP50']:.3f}")
     if r.start_iter and "rng" in ckpt:
         set_rng_state(ckpt["rng"])  # mid-epoch: go on with the RNG where it stopped (after the evaluation's draws)
@@ -506,7 +508,7 @@ def fit(r: Run) -> None:
                 entry["test_coco_eval_bbox"] = [stats[k] for k in COCO_STAT_NAMES]
                 entry["eval_time_s"] = time.perf_counter() - t0
             _end_of_epoch(r, epoch, entry)
-            if r.stop() and epoch + 1 < cfg.epochs:
+            if epoch + 1 < cfg.epochs and stop_agreed(r.stop, r.device):  # a signal during the last bits
                 return _stop(r, epoch, 0, saved=True)
     finally:
         if metrics is not None:
@@ -583,8 +585,6 @@ def run(args: argparse.Namespace) -> dict:
         finish(r)
     except StopRequested:  # during --eval-only or the check after resuming: nothing new to save
         raise Stopped("stopped during evaluation; nothing new to save", is_main_process()) from None
-        if dist.is_initialized():
-            dist.barrier()
     finally:
         r.stop.restore()
         if dist.is_initialized():

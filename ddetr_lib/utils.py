@@ -38,7 +38,7 @@ class NestedTensor:
         return f"NestedTensor(tensors={tuple(self.tensors.shape)}, mask={tuple(self.mask.shape)})"
 
 
-def nested_tensor_from_tensor_list(images: Sequence[torch.Tensor], size_divisibility: int = 1) -> NestedTensor:
+def nested_tensor_from_tensor_list(images: Sequence[torch.Tensor]) -> NestedTensor:
     """Pad a list of (3, H_i, W_i) images into a NestedTensor (B, 3, H, W) + mask (B, H, W)."""
     if len(images) == 0:
         raise ValueError("images: expected at least one image")
@@ -48,9 +48,6 @@ def nested_tensor_from_tensor_list(images: Sequence[torch.Tensor], size_divisibi
     c = images[0].shape[0]
     h = max(img.shape[1] for img in images)
     w = max(img.shape[2] for img in images)
-    if size_divisibility > 1:
-        h = (h + size_divisibility - 1) // size_divisibility * size_divisibility
-        w = (w + size_divisibility - 1) // size_divisibility * size_divisibility
     b = len(images)
     tensors = images[0].new_zeros((b, c, h, w))
     mask = torch.ones((b, h, w), dtype=torch.bool, device=images[0].device)
@@ -96,15 +93,6 @@ def all_gather_object(obj) -> list:
     out = [None] * get_world_size()
     dist.all_gather_object(out, obj)
     return out
-
-
-def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
-    """Average a tensor over processes (identity when not distributed)."""
-    if get_world_size() == 1:
-        return value
-    value = value.clone()
-    dist.all_reduce(value)
-    return value / get_world_size()
 
 
 def num_boxes_across_processes(targets, device) -> float:

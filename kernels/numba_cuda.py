@@ -1,5 +1,15 @@
 """Multi-scale deformable attention on NVIDIA GPUs with Numba CUDA (forward and backward).
 
+This is the loop of ``naive.py`` again (pixel = loc * size - 0.5, four bilinear
+corners, zero outside, weighted sum over levels and points: ``sample_setup``
+below is the corner set-up, a corner off the map gets row ``-1``), with the
+outer loops over ``(n, q, m)`` spread over GPU threads, the fused weighted sum
+and the hand-written gradients of ``numba_cpu.py`` (its O1 and O2). What is
+specific to the GPU, explained below: groups of threads per query and head with
+channels split across lanes (coalesced loads), channels kept in registers,
+atomic adds for the scatter into ``grad_value``, warp-shuffle sums for the
+location and weight gradients, and PyTorch's stream for ordering.
+
 No compile step at install time: Numba translates the Python kernels below to
 PTX the first time they run (once per dtype and process).
 

@@ -69,3 +69,12 @@ def test_scale_boxes_uses_h_w_order():
     sizes = torch.tensor([[100, 200], [10, 20]])  # (h, w)
     expected = torch.tensor([[[80.0, 30.0, 120.0, 70.0]], [[0.0, 0.0, 20.0, 10.0]]])
     torch.testing.assert_close(box_ops.scale_boxes(boxes, sizes), expected)
+
+
+def test_inverse_sigmoid():
+    from ddetr_lib.box_ops import inverse_sigmoid
+    x = torch.linspace(0.01, 0.99, 99, dtype=torch.float64)
+    torch.testing.assert_close(inverse_sigmoid(x), torch.logit(x))
+    torch.testing.assert_close(inverse_sigmoid(x).sigmoid(), x)
+    ends = inverse_sigmoid(torch.tensor([0.0, 1.0]))
+    assert torch.isfinite(ends).all() and ends[0] < -11 and ends[1] > 11  # log(1e-5) ~ -11.5

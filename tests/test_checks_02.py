@@ -90,3 +90,17 @@ def test_feature_size_reference_matches_torchvision_resnet():
             feats = body(torch.zeros(1, 3, size, size))
         for stride, f in feats.items():
             assert f.shape[-1] == checks_02._feature_size_by_running(size, int(stride)) == S.feature_size(size, int(stride))
+
+
+def test_every_exercise_of_the_notebook_has_a_solution_and_a_check():
+    import json
+    import re
+
+    nb = json.loads(next(NOTEBOOK_DIR.glob("02_*.ipynb")).read_text())
+    stubs = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code" and "raise NotImplementedError" in "".join(c["source"])]
+    names = [re.search(r"def (\w+)\(", s).group(1) for s in stubs]
+    assert len(names) == len([c for c in CHECKS])
+    for name, source in zip(names, stubs):
+        assert hasattr(S, name), f"solutions lack {name}"
+        assert "# YOUR CODE HERE" in source and f"({name});" in source, f"{name}: stub or check call missing"
+        assert any(check in source for check, _, _ in CHECKS), f"{name}: no check called"

@@ -197,6 +197,28 @@ def test_colours_and_sizes_grow_with_the_weight():
     np.testing.assert_allclose(sc.get_facecolors(), sc.cmap(weights / weights.max()), atol=1e-6)
 
 
+def test_a_decoder_layer_is_drawn_with_its_own_box():
+    """Layer 0's points go with the box layer 0 predicts (its auxiliary output), not the final one."""
+    from matplotlib.colors import to_rgba
+
+    from ddetr_lib.viz.explorer import _model_tensor, _to_rgb
+
+    model, _ = _trained()
+    rgb = _to_rgb(_demo_images()[1], "image")
+    with torch.no_grad(), capture_deformable(model) as rec:
+        out = model([_model_tensor(rgb, None, None)])
+    q = int(out["pred_logits"][0].sigmoid().max(-1).values.argmax())
+    own, final = out["aux_outputs"][0]["pred_boxes"][0, q], out["pred_boxes"][0, q]
+    assert (own - final).abs().max() > 1e-3  # the layers disagree, so the test can tell them apart
+    h, w = rgb.shape[:2]
+    for layer, (cx, cy, bw, bh) in ((0, own.tolist()), (1, final.tolist())):
+        fig = plot_query_sampling(rgb, rec, "decoder", layer, q, outputs=out)
+        boxes = [p for p in fig.axes[0].patches if p.get_visible() and p.get_edgecolor() == to_rgba("orange")]
+        assert len(boxes) == 1
+        np.testing.assert_allclose([boxes[0].get_x(), boxes[0].get_y(), boxes[0].get_width(), boxes[0].get_height()],
+                                   [(cx - bw / 2) * w, (cy - bh / 2) * h, bw * w, bh * h], rtol=1e-5)
+
+
 def test_bad_arguments_are_named(hand_record):
     with pytest.raises(ValueError, match="stage"):
         query_points(hand_record, "middle", 0, 0, size=(4, 4))
@@ -283,6 +305,13 @@ def test_every_control_redraws_without_a_new_forward_pass(explorer):
         picture = new
 
     change("layer", 0)
+    # The box drawn is layer 0's own prediction (its auxiliary output).
+    q = _control(explorer, "query").value
+    aux = ex.entry()["layer_outputs"][0]["pred_boxes"][0, q]  # (cx, cy, w, h) normalised
+    assert (aux - ex.entry()["outputs"]["pred_boxes"][0, q]).abs().max() > 1e-3  # differs from the final box
+    h, w = ex.entry()["size"]
+    np.testing.assert_allclose(ex.artists.box.get_width(), float(aux[2]) * w, rtol=1e-5)
+    np.testing.assert_allclose(ex.artists.box.get_x(), float(aux[0] - aux[2] / 2) * w, rtol=1e-5)
     change("head", 1)
     change("head", "all")
     change("levels", (0, 2))

@@ -219,6 +219,38 @@ def test_gradcheck(backend):
     assert torch.autograd.gradcheck(fn, (value, loc, attn), eps=1e-6, atol=1e-5)
 
 
+_THREADS_SCRIPT = """
+import os, sys, numba, torch
+sys.stderr.write("--- torch loaded\\n"); sys.stderr.flush()
+from ddetr_lib.kernels import numba_cpu
+numba_cpu.start_threads()
+print("LAYER", numba.threading_layer(), "LEAKED", os.environ.get("OMP_WAIT_POLICY"))
+"""
+
+
+def test_numba_openmp_workers_sleep_when_idle():
+    """start_threads loads Numba's OpenMP runtime with spinning off; PyTorch's runtime and the env are untouched.
+
+    libgomp prints its settings when it loads under OMP_DISPLAY_ENV=VERBOSE: the block before the
+    marker is PyTorch's runtime, the block after it Numba's.
+    """
+    env = dict(os.environ, OMP_DISPLAY_ENV="VERBOSE", PYTHONSAFEPATH="1")
+    for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "NUMBA_THREADING_LAYER"):
+        env.pop(name, None)
+    proc = subprocess.run([sys.executable, "-c", _THREADS_SCRIPT], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    layer, leaked = proc.stdout.split()[1::2][-2:]
+    assert leaked == "None", "OMP_WAIT_POLICY was left in the environment"
+    if layer != "omp":
+        pytest.skip(f"Numba uses the {layer} threading layer here, not OpenMP")
+    torch_part, numba_part = proc.stderr.split("--- torch loaded")
+    if "OPENMP DISPLAY ENVIRONMENT" not in numba_part:
+        pytest.skip("Numba shares PyTorch's OpenMP runtime here: one pool, nothing to tune")
+    assert "GOMP_SPINCOUNT = '0'" in numba_part, numba_part[-1500:]
+    assert "GOMP_SPINCOUNT = '0'" not in torch_part, torch_part[-1500:]
+
+
 def test_level_start_index_from_shapes():
     ss = torch.tensor([[100, 167], [50, 84], [25, 42], [13, 21]])
     assert level_start_index_from_shapes(ss).tolist() == [0, 16700, 20900, 21950]

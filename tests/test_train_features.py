@@ -136,7 +136,7 @@ def test_bf16_autocast_on_cpu(monkeypatch):
 def test_matcher_costs_in_float32_under_fp16():
     """fp16 logits of a confident "no": in fp16, -log(p + 1e-8) is inf (1e-8 underflows) and
     the solver fails; the matcher computes its costs in float32."""
-    matcher = HungarianMatcher(cost_class=2, cost_bbox=5, cost_giou=2, focal=True)
+    matcher = HungarianMatcher(cost_class=2, cost_bbox=5, cost_giou=2, focal_loss=True)
     logits = torch.full((1, 3, 4), -30.0, dtype=torch.float16)
     boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.2], [0.3, 0.3, 0.1, 0.1], [0.7, 0.7, 0.2, 0.3]]], dtype=torch.float16)
     targets = [{"labels": torch.tensor([1, 2]), "boxes": torch.tensor([[0.3, 0.3, 0.1, 0.1], [0.7, 0.7, 0.2, 0.3]])}]

@@ -26,13 +26,15 @@ def var():
 
 
 def test_default_commands_are_the_committed_runs(var):
-    # The committed study ran exactly these (outputs/variants/run.sh of the lead's run).
+    # The committed study's schedule: 10 epochs, lr drop after 8, seed 42, every epoch evaluated.
     args = var.parse_args([])
     for name in var.VARIANTS:
         cmd = var.train_command(name, args)
         assert cmd[1:] == ["-m", "ddetr_lib.train", "--config", name, "--data-root", "data/synthetic_demo",
                            "--output-dir", f"outputs/variants/{name}", "--seed", "42", "--eval-every", "1",
-                           "--no-progress", "--overwrite"]
+                           "--no-progress", "--epochs", "10", "--lr-drop", "8", "--overwrite"]
+    presets = var.train_command("toy_deformable_detr", var.parse_args(["--epochs", "0"]))
+    assert "--epochs" not in presets and "--lr-drop" not in presets  # the presets' own 23 epochs
     short = var.parse_args(["--epochs", "3", "--set", "hidden_dim=32", "--steps-per-epoch", "4"])
     cmd = var.train_command("toy_deformable_detr_refine", short)
     assert cmd[cmd.index("--epochs") + 1] == "3" and "--lr-drop" not in cmd  # the CLI keeps the recipe's fraction
@@ -50,6 +52,15 @@ def test_final_metrics_take_the_last_epoch_and_remember_the_best(var):
     assert f["AP"] == 0.25 and f["AP_small"] == 0.125 and f["AP75"] == 0.25
     assert f["best_AP"] == 0.3 and f["best_AP_epoch"] == 2 and f["epochs"] == 3
     assert f["train_time_s"] == 180.0
+
+
+def test_unfinished_runs_are_compared_at_their_last_common_epoch(var):
+    curves = {"a": _curve([0.1, 0.2, 0.3, 0.4]), "b": _curve([0.05, 0.15])}
+    assert var.common_epoch(curves) == 2
+    f = var.final_metrics(curves["a"], 2)
+    assert f["AP"] == 0.2 and f["epochs"] == 2 and f["best_AP"] == 0.2 and f["train_time_s"] == 120.0
+    with pytest.raises(SystemExit):
+        var.common_epoch({"a": _curve([0.1]), "b": {**_curve([0.2]), "epoch": [5]}})
 
 
 def test_summary_gains_and_order_against_coco(var):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import torch
 
 from ddetr_lib.course import CheckResult, check_function
-from ddetr_lib.kernels import level_start_index_from_shapes
 from ddetr_lib.models import MSDeformAttn
 from ddetr_lib.models.deformable_transformer import inverse_sigmoid
 
@@ -32,21 +31,19 @@ def check_refine_box(fn) -> CheckResult:
 
 
 def _reference_locations(reference_box, offsets):
-    """The library's MSDeformAttn, its offsets fixed to ``offsets`` for every query, records
-    where it samples around the box references."""
+    """Where the library's MSDeformAttn samples around box references, its offsets fixed to
+    ``offsets`` for every query (``MSDeformAttn.sampling_points``, the step its forward uses)."""
     m, l, p, _ = offsets.shape
     attn = MSDeformAttn(8 * m, l, m, p, backend="torch")  # d_model, levels, heads, points
     with torch.no_grad():
         attn.sampling_offsets.weight.zero_()
         attn.sampling_offsets.bias.copy_(offsets.flatten())
     shapes = torch.tensor([[6, 5]] * l)
-    seen = {}
-    attn.record_attention = lambda ref, loc, w: seen.setdefault("loc", loc)
     q = reference_box.shape[0]
     with torch.no_grad():
-        attn(torch.zeros(1, q, 8 * m), reference_box[None, :, None].expand(1, q, l, 4),
-             torch.zeros(1, 30 * l, 8 * m), shapes, level_start_index_from_shapes(shapes))
-    return seen["loc"][0]
+        locations, _ = attn.sampling_points(torch.zeros(1, q, 8 * m), reference_box[None, :, None].expand(1, q, l, 4),
+                                            shapes)
+    return locations[0]
 
 
 def check_box_sampling_locations(fn) -> CheckResult:

@@ -9,24 +9,25 @@
     loss = sum(losses[k] * criterion.weight_dict[k] for k in criterion.weight_dict if k in losses)
     results = postprocessor(outputs, orig_sizes)  # orig_sizes (B, 2) as (h, w)
 
-Looking inside: ``capture_attention(model)`` (DETR's attention maps) and
-``capture_deformable(model)`` (Deformable DETR's sampling locations, attention weights,
-reference points and two-stage proposals); ``set_attention_backend(model, "torch")``
+Looking inside (``capture.py``, forward hooks; the models themselves record nothing):
+``capture_attention(model)`` (DETR's attention maps) and ``capture_deformable(model)``
+(Deformable DETR's sampling locations, attention weights, reference points and
+two-stage proposals); ``set_attention_backend(model, "torch")``
 runs deformable attention with the PyTorch reference instead of the Numba kernel.
 """
 from __future__ import annotations
 
 from ddetr_lib.models.backbone import build_backbone
+from ddetr_lib.models.capture import capture_attention, capture_deformable
 from ddetr_lib.models.checkpoint import load_official_checkpoint
 from ddetr_lib.models.criterion import SetCriterion, build_weight_dict
-from ddetr_lib.models.deformable_detr import (DeformableDETR, PostProcessDeformable, capture_deformable,
-                                              set_attention_backend)
+from ddetr_lib.models.deformable_detr import DeformableDETR, PostProcessDeformable, set_attention_backend
 from ddetr_lib.models.deformable_transformer import DeformableTransformer, build_deformable_transformer
 from ddetr_lib.models.detr import DETR, MLP, PostProcess
 from ddetr_lib.models.matcher import HungarianMatcher, build_matcher
 from ddetr_lib.models.position_encoding import build_position_encoding
 from ddetr_lib.models.ms_deform_attn import MSDeformAttn
-from ddetr_lib.models.transformer import Transformer, build_transformer, capture_attention
+from ddetr_lib.models.transformer import Transformer, build_transformer
 
 __all__ = [
     "build_model", "build_criterion", "build_postprocessor", "build_backbone", "build_transformer",

@@ -20,18 +20,17 @@ What changes from DETR (``detr.py``):
 """
 from __future__ import annotations
 
-import copy
 import math
-from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ddetr_lib import box_ops
-from ddetr_lib.models.deformable_transformer import DeformableTransformer, inverse_sigmoid
+from ddetr_lib.models.deformable_transformer import DeformableTransformer, refine_boxes
 from ddetr_lib.models.detr import MLP, check_target_sizes
 from ddetr_lib.models.ms_deform_attn import MSDeformAttn
+from ddetr_lib.models.transformer import clones
 from ddetr_lib.utils import NestedTensor, to_nested_tensor
 
 
@@ -43,6 +42,23 @@ GROUPNORM_GROUPS = 32
 INIT_BOX_SIZE_BIAS = -2.0
 # Initial class bias: every class starts at probability 0.01 (focal loss prior).
 PRIOR_PROB = 0.01
+
+
+def input_projections(in_channels: list[int], hidden_dim: int, num_feature_levels: int) -> nn.ModuleList:
+    """One projection to ``hidden_dim`` per feature level: a 1x1 conv + GroupNorm for each
+    backbone level (``in_channels``, e.g. C3-C5), then a 3x3 stride-2 conv + GroupNorm for
+    each extra level (on C5 first, then on the previous extra level). Convs: xavier, bias 0."""
+    projs = [nn.Sequential(nn.Conv2d(c, hidden_dim, kernel_size=1), nn.GroupNorm(GROUPNORM_GROUPS, hidden_dim))
+             for c in in_channels]
+    channels = in_channels[-1]
+    for _ in range(num_feature_levels - len(in_channels)):
+        projs.append(nn.Sequential(nn.Conv2d(channels, hidden_dim, kernel_size=3, stride=2, padding=1),
+                                   nn.GroupNorm(GROUPNORM_GROUPS, hidden_dim)))
+        channels = hidden_dim
+    for proj in projs:
+        nn.init.xavier_uniform_(proj[0].weight, gain=1)
+        nn.init.constant_(proj[0].bias, 0.0)
+    return nn.ModuleList(projs)
 
 
 class DeformableDETR(nn.Module):
@@ -70,58 +86,46 @@ class DeformableDETR(nn.Module):
         self.two_stage = two_stage
         self.transformer = transformer
         hidden_dim = transformer.d_model
-
-        class_embed = nn.Linear(hidden_dim, num_classes)
-        bbox_embed = MLP(hidden_dim, hidden_dim, 4, 3)
-        # Registered here (turned into per-layer lists below) so that the state dict
-        # lists them in the order of the official checkpoints.
-        self.class_embed, self.bbox_embed = class_embed, bbox_embed
+        # Registration order = the order of the official checkpoints' keys.
+        self.class_embed = nn.Linear(hidden_dim, num_classes)  # made per-layer lists by _heads_per_layer
+        self.bbox_embed = MLP(hidden_dim, hidden_dim, 4, 3)
         if not two_stage:
             self.query_embed = nn.Embedding(num_queries, hidden_dim * 2)  # (query_pos, tgt) per query
-
-        # Input projections: backbone levels (1x1 conv), then extra levels (3x3, stride 2).
-        if num_feature_levels > 1:
-            projs = [nn.Sequential(nn.Conv2d(c, hidden_dim, kernel_size=1), nn.GroupNorm(GROUPNORM_GROUPS, hidden_dim))
-                     for c in backbone.num_channels]
-            in_channels = backbone.num_channels[-1]
-            for _ in range(num_feature_levels - len(backbone.num_channels)):
-                projs.append(nn.Sequential(nn.Conv2d(in_channels, hidden_dim, kernel_size=3, stride=2, padding=1),
-                                           nn.GroupNorm(GROUPNORM_GROUPS, hidden_dim)))
-                in_channels = hidden_dim
-        else:  # single scale: C5 only
-            projs = [nn.Sequential(nn.Conv2d(backbone.num_channels[-1], hidden_dim, kernel_size=1),
-                                   nn.GroupNorm(GROUPNORM_GROUPS, hidden_dim))]
-        self.input_proj = nn.ModuleList(projs)
+        backbone_channels = backbone.num_channels if num_feature_levels > 1 else backbone.num_channels[-1:]
+        self.input_proj = input_projections(backbone_channels, hidden_dim, num_feature_levels)
         self.backbone = backbone
+        self._heads_per_layer(self.class_embed, self.bbox_embed)
 
-        # Initialisation (as the official code): every class at probability 0.01 at first,
-        # box offsets 0 (the box starts on the reference point), projections xavier.
+    def _heads_per_layer(self, class_embed: nn.Linear, bbox_embed: MLP):
+        """Initialise the heads and give every decoder layer (and the two-stage encoder) one.
+
+        Official initialisation: every class at probability PRIOR_PROB, box offsets 0 (a
+        box starts on its reference point), box size sigmoid(INIT_BOX_SIZE_BIAS).
+        Box refinement: independent copies (layer i's head refines layer i-1's box) that
+        the decoder holds too; otherwise one head shared by all layers (still listed once
+        per layer, as in the checkpoints). Two-stage: the last pair scores the encoder's
+        proposals, and the size bias starts at 0 (the proposals carry the size).
+        """
         nn.init.constant_(class_embed.bias, -math.log((1 - PRIOR_PROB) / PRIOR_PROB))
         nn.init.constant_(bbox_embed.layers[-1].weight, 0.0)
         nn.init.constant_(bbox_embed.layers[-1].bias, 0.0)
-        for proj in self.input_proj:
-            nn.init.xavier_uniform_(proj[0].weight, gain=1)
-            nn.init.constant_(proj[0].bias, 0.0)
-
-        num_pred = transformer.decoder.num_layers + (1 if two_stage else 0)
-        if with_box_refine:
-            # Independent heads: layer i's box head refines layer i-1's box.
-            self.class_embed = nn.ModuleList(copy.deepcopy(class_embed) for _ in range(num_pred))
-            self.bbox_embed = nn.ModuleList(copy.deepcopy(bbox_embed) for _ in range(num_pred))
+        decoder = self.transformer.decoder
+        num_pred = decoder.num_layers + (1 if self.two_stage else 0)
+        if self.with_box_refine:
+            self.class_embed = clones(class_embed, num_pred)
+            self.bbox_embed = clones(bbox_embed, num_pred)
             nn.init.constant_(self.bbox_embed[0].layers[-1].bias[2:], INIT_BOX_SIZE_BIAS)
-            self.transformer.decoder.bbox_embed = self.bbox_embed
-            self.transformer.decoder.with_box_refine = True
+            decoder.bbox_embed = self.bbox_embed
+            decoder.with_box_refine = True
         else:
-            # One head shared by all layers (listed once per layer, as in the checkpoints).
             nn.init.constant_(bbox_embed.layers[-1].bias[2:], INIT_BOX_SIZE_BIAS)
             self.class_embed = nn.ModuleList([class_embed] * num_pred)
             self.bbox_embed = nn.ModuleList([bbox_embed] * num_pred)
-            self.transformer.decoder.bbox_embed = None
-        if two_stage:
-            # The encoder scores its proposals with the last class / box head.
-            self.transformer.decoder.class_embed = self.class_embed
+            decoder.bbox_embed = None
+        if self.two_stage:
+            decoder.class_embed = self.class_embed
             # (Without box refinement the decoder holds the box heads only for the encoder.)
-            self.transformer.decoder.bbox_embed = self.bbox_embed
+            decoder.bbox_embed = self.bbox_embed
             for box_embed in self.bbox_embed:
                 nn.init.constant_(box_embed.layers[-1].bias[2:], 0.0)
 
@@ -154,14 +158,9 @@ class DeformableDETR(nn.Module):
 
         outputs_classes, outputs_coords = [], []
         for layer in range(hs.shape[0]):  # decoder layers
-            reference = inverse_sigmoid(init_reference if layer == 0 else inter_references[layer - 1])
+            reference = init_reference if layer == 0 else inter_references[layer - 1]  # (B, Q, 2 or 4)
             outputs_classes.append(self.class_embed[layer](hs[layer]))  # (B, Q, num_classes)
-            delta = self.bbox_embed[layer](hs[layer])  # (B, Q, 4)
-            if reference.shape[-1] == 4:
-                coord = delta + reference
-            else:  # a point reference: only the centre is offset
-                coord = torch.cat([delta[..., :2] + reference, delta[..., 2:]], -1)
-            outputs_coords.append(coord.sigmoid())
+            outputs_coords.append(refine_boxes(self.bbox_embed[layer](hs[layer]), reference))  # (B, Q, 4)
         outputs_class = torch.stack(outputs_classes)  # (num_decoder_layers, B, Q, num_classes)
         outputs_coord = torch.stack(outputs_coords)  # (num_decoder_layers, B, Q, 4)
 
@@ -201,76 +200,6 @@ class PostProcessDeformable(nn.Module):
         boxes = torch.gather(boxes, 1, query.unsqueeze(-1).expand(-1, -1, 4))  # (B, K, 4)
         boxes = box_ops.scale_boxes(boxes, target_sizes)
         return [{"scores": s, "labels": l, "boxes": bx} for s, l, bx in zip(scores, labels, boxes)]
-
-
-# ----------------------------------------------------------------------------- capture
-@contextmanager
-def capture_deformable(model: nn.Module):
-    """Record what deformable attention did in every forward pass inside the block.
-
-        with capture_deformable(model) as rec:
-            out = model(samples)
-        rec["encoder"][l] / rec["decoder"][l]: dicts for encoder / decoder layer l with
-            sampling_locations (N, Lq, M, L, P, 2)  (x, y) in [0, 1] of the PADDED map
-            attention_weights  (N, Lq, M, L, P)     softmaxed over L*P per head
-            reference_points   (N, Lq, L, 2 or 4)   as given to the attention (padded coords)
-        rec["spatial_shapes"] (L, 2), rec["level_start_index"] (L,), rec["valid_ratios"] (N, L, 2),
-        rec["masks"] [(N, H_l, W_l)] True on padding
-        rec["decoder_reference_boxes"][l]  (N, Q, 2 or 4) reference of decoder layer l
-                                           (valid-image coordinates)
-        rec["proposals"]  two-stage only: {boxes (N, S, 4), logits (N, S, C), valid (N, S),
-                          topk_indices (N, Q)}
-
-    Only detached copies of tensors the forward pass computes anyway are stored, so the
-    outputs are exactly those without capture; outside the block every hook is ``None``.
-    Each new forward pass replaces the record.
-    """
-    rec = {}
-
-    def reset():
-        rec.clear()
-        rec.update({"encoder": [], "decoder": [], "decoder_reference_boxes": [], "proposals": None})
-
-    reset()
-
-    def record_transformer(kind: str, value):
-        if kind == "shapes":  # a new forward pass starts
-            reset()
-            rec.update({k: (v.detach() if torch.is_tensor(v) else [m.detach() for m in v])
-                        for k, v in value.items()})
-        elif kind == "encoder_reference_points":
-            pass  # the encoder layers record the reference points they receive
-        elif kind == "decoder_reference_points":
-            rec["decoder_reference_boxes"].append(value.detach())
-        elif kind == "proposals":
-            rec["proposals"] = {k: v.detach() for k, v in value.items()}
-
-    def make_attn_recorder(stage: str):
-        def record(reference_points, locations, weights):
-            rec[stage].append({"sampling_locations": locations.detach(), "attention_weights": weights.detach(),
-                               "reference_points": reference_points.detach()})
-        return record
-
-    transformers = [m for m in model.modules() if isinstance(m, DeformableTransformer)]
-    if not transformers:
-        raise ValueError("model: no DeformableTransformer inside; use capture_attention for DETR")
-    hooked = []
-    for t in transformers:
-        t.record = record_transformer
-        hooked.append(t)
-        for layer in t.encoder.layers:
-            layer.self_attn.record_attention = make_attn_recorder("encoder")
-            hooked.append(layer.self_attn)
-        for layer in t.decoder.layers:
-            layer.cross_attn.record_attention = make_attn_recorder("decoder")
-            hooked.append(layer.cross_attn)
-    try:
-        yield rec
-    finally:
-        for m in hooked:
-            for name in ("record", "record_attention"):
-                if name in m.__dict__:
-                    del m.__dict__[name]  # back to the class default (None)
 
 
 def set_attention_backend(model: nn.Module, backend: str) -> nn.Module:

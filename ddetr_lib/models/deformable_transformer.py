@@ -31,29 +31,31 @@ the sampling kernel works in coordinates of the *padded* map. ``valid_ratios``
 """
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ddetr_lib.box_ops import inverse_sigmoid
 from ddetr_lib.kernels import level_start_index_from_shapes
 from ddetr_lib.models.ms_deform_attn import MSDeformAttn
+from ddetr_lib.models.position_encoding import sine_encoding
+from ddetr_lib.models.transformer import clones, with_pos_embed
 
 
-def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """log(x / (1 - x)), clamped away from 0 and 1."""
-    x = x.clamp(min=0, max=1)
-    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
+def refine_boxes(delta: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """A box head's output relative to a reference, as a box.
 
-
-def _clones(module: nn.Module, n: int) -> nn.ModuleList:
-    return nn.ModuleList(copy.deepcopy(module) for _ in range(n))
-
-
-def _with_pos(x, pos):
-    return x if pos is None else x + pos
+    delta: (..., 4) from ``bbox_embed``; reference: (..., 4) boxes or (..., 2) points,
+    (cx, cy, w, h) / (x, y) in [0, 1]. -> (..., 4) = sigmoid(delta + inverse_sigmoid(reference)):
+    the head predicts a correction in inverse-sigmoid space. A point reference moves only
+    the centre; w and h then come from the head alone.
+    """
+    reference = inverse_sigmoid(reference)
+    if reference.shape[-1] == 4:
+        return (delta + reference).sigmoid()
+    return torch.cat([delta[..., :2] + reference, delta[..., 2:]], -1).sigmoid()
 
 
 def get_valid_ratio(mask: torch.Tensor) -> torch.Tensor:
@@ -106,7 +108,7 @@ class DeformableTransformerEncoderLayer(nn.Module):
 
     def forward(self, src, pos, reference_points, spatial_shapes, level_start_index, padding_mask=None):
         # src, pos: (B, S, C); reference_points: (B, S, L, 2); padding_mask: (B, S)
-        src2 = self.self_attn(_with_pos(src, pos), reference_points, src, spatial_shapes, level_start_index,
+        src2 = self.self_attn(with_pos_embed(src, pos), reference_points, src, spatial_shapes, level_start_index,
                               padding_mask)
         src = self.norm1(src + self.dropout1(src2))
         src2 = self.linear2(self.dropout2(F.relu(self.linear1(src))))
@@ -116,14 +118,11 @@ class DeformableTransformerEncoderLayer(nn.Module):
 class DeformableTransformerEncoder(nn.Module):
     def __init__(self, encoder_layer: nn.Module, num_layers: int):
         super().__init__()
-        self.layers = _clones(encoder_layer, num_layers)
+        self.layers = clones(encoder_layer, num_layers)
         self.num_layers = num_layers
 
-    def forward(self, src, spatial_shapes, level_start_index, valid_ratios, pos=None, padding_mask=None,
-                record=None):
+    def forward(self, src, spatial_shapes, level_start_index, valid_ratios, pos=None, padding_mask=None):
         reference_points = encoder_reference_points(spatial_shapes, valid_ratios)  # (B, S, L, 2)
-        if record is not None:
-            record("encoder_reference_points", reference_points)
         output = src
         for layer in self.layers:
             output = layer(output, pos, reference_points, spatial_shapes, level_start_index, padding_mask)
@@ -151,10 +150,10 @@ class DeformableTransformerDecoderLayer(nn.Module):
     def forward(self, tgt, query_pos, reference_points, src, spatial_shapes, level_start_index,
                 src_padding_mask=None):
         # tgt, query_pos: (B, Q, C); reference_points: (B, Q, L, 2 or 4); src: (B, S, C)
-        q = k = _with_pos(tgt, query_pos)
+        q = k = with_pos_embed(tgt, query_pos)
         tgt2 = self.self_attn(q, k, tgt, need_weights=False)[0]
         tgt = self.norm2(tgt + self.dropout2(tgt2))
-        tgt2 = self.cross_attn(_with_pos(tgt, query_pos), reference_points, src, spatial_shapes,
+        tgt2 = self.cross_attn(with_pos_embed(tgt, query_pos), reference_points, src, spatial_shapes,
                                level_start_index, src_padding_mask)
         tgt = self.norm1(tgt + self.dropout1(tgt2))
         tgt2 = self.linear2(self.dropout3(F.relu(self.linear1(tgt))))
@@ -172,14 +171,14 @@ class DeformableTransformerDecoder(nn.Module):
 
     def __init__(self, decoder_layer: nn.Module, num_layers: int):
         super().__init__()
-        self.layers = _clones(decoder_layer, num_layers)
+        self.layers = clones(decoder_layer, num_layers)
         self.num_layers = num_layers
         self.bbox_embed = None
         self.class_embed = None
         self.with_box_refine = False  # refine reference boxes with bbox_embed layer by layer
 
     def forward(self, tgt, reference_points, src, spatial_shapes, level_start_index, valid_ratios,
-                query_pos=None, src_padding_mask=None, record=None):
+                query_pos=None, src_padding_mask=None):
         """tgt, query_pos: (B, Q, C); reference_points: (B, Q, 2) points or (B, Q, 4) boxes,
         normalised by the valid image; valid_ratios: (B, L, 2).
         -> hs (num_layers, B, Q, C), references (num_layers, B, Q, 2 or 4): the reference
@@ -192,19 +191,12 @@ class DeformableTransformerDecoder(nn.Module):
             else:
                 scale = valid_ratios[:, None]  # (B, 1, L, 2)
             reference_points_input = reference_points[:, :, None] * scale  # (B, Q, L, 2 or 4)
-            if record is not None:
-                record("decoder_reference_points", reference_points)
             output = layer(output, query_pos, reference_points_input, src, spatial_shapes, level_start_index,
                            src_padding_mask)
             if self.with_box_refine:
-                # Box refinement: the head predicts a correction in inverse-sigmoid space.
-                delta = self.bbox_embed[i](output)  # (B, Q, 4)
-                if reference_points.shape[-1] == 4:
-                    new_ref = (delta + inverse_sigmoid(reference_points)).sigmoid()
-                else:  # a point: refine its centre, take w, h from the head alone
-                    new_ref = torch.cat([delta[..., :2] + inverse_sigmoid(reference_points), delta[..., 2:]],
-                                        -1).sigmoid()
-                reference_points = new_ref.detach()  # no gradient through the chain of boxes
+                # This layer's box becomes the next layer's reference box; no gradient
+                # through the chain of boxes (each layer learns its own step).
+                reference_points = refine_boxes(self.bbox_embed[i](output), reference_points).detach()
             intermediate.append(output)
             intermediate_refs.append(reference_points)
         return torch.stack(intermediate), torch.stack(intermediate_refs)
@@ -216,12 +208,9 @@ def proposal_pos_embed(proposals: torch.Tensor, num_pos_feats: int = 128, temper
     Each of (cx, cy, w, h) in [0, 1] is scaled to [0, 2*pi] and encoded like the image
     position encoding (even channels sin, odd cos).
     """
-    dim_t = torch.arange(num_pos_feats, dtype=torch.float32, device=proposals.device)
-    dim_t = temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / num_pos_feats)  # (F,)
-    proposals = proposals.sigmoid() * (2 * math.pi)  # (B, K, 4)
-    pos = proposals[:, :, :, None] / dim_t  # (B, K, 4, F)
-    pos = torch.stack((pos[:, :, :, 0::2].sin(), pos[:, :, :, 1::2].cos()), dim=4).flatten(2)  # (B, K, 4F)
-    return pos.to(proposals.dtype)
+    angles = proposals.sigmoid() * (2 * math.pi)  # (B, K, 4)
+    pos = sine_encoding(angles, num_pos_feats, temperature)  # (B, K, 4, F)
+    return pos.flatten(2).to(proposals.dtype)  # (B, K, 4F)
 
 
 # Two-stage proposals: pixel centres of level l with side 0.05 * 2^l of the image
@@ -259,8 +248,7 @@ def encoder_proposals(mask_flatten: torch.Tensor, spatial_shapes: torch.Tensor):
     proposals = torch.cat(proposals, 1)  # (B, S, 4)
     low, high = PROPOSAL_VALID_RANGE
     valid = ((proposals > low) & (proposals < high)).all(-1, keepdim=True) & ~mask_flatten[..., None]
-    proposals = torch.log(proposals / (1 - proposals))
-    proposals = proposals.masked_fill(~valid, float("inf"))
+    proposals = inverse_sigmoid(proposals).masked_fill(~valid, float("inf"))
     return proposals, valid
 
 
@@ -272,11 +260,10 @@ class DeformableTransformer(nn.Module):
     (num_decoder_layers, B, Q, 2 or 4), enc_outputs_class (B, S, num_classes) or None,
     enc_outputs_coord_unact (B, S, 4) or None.
 
-    ``record`` is ``None`` normally; ``capture_deformable`` sets it to collect
-    intermediate values (shapes, reference points, proposals).
+    The steps, one method each: ``flatten_levels`` (L maps -> one sequence of S tokens),
+    the encoder, then the decoder's queries: ``learned_queries`` (one-stage) or
+    ``two_stage_queries`` (encoder proposals, ranked by ``select_proposals``).
     """
-
-    record = None
 
     def __init__(self, d_model=256, nheads=8, num_encoder_layers=6, num_decoder_layers=6, dim_feedforward=1024,
                  dropout=0.1, num_feature_levels=4, dec_n_points=4, enc_n_points=4, two_stage=False,
@@ -316,11 +303,12 @@ class DeformableTransformer(nn.Module):
             nn.init.constant_(self.reference_points.bias, 0.0)
         nn.init.normal_(self.level_embed)
 
-    def forward(self, srcs, masks, pos_embeds, query_embed=None):
-        record = self.record
-        if not self.two_stage and query_embed is None:
-            raise ValueError("query_embed: required unless two_stage")
-        # Flatten every level and concatenate: one sequence of S tokens.
+    def flatten_levels(self, srcs, masks, pos_embeds):
+        """Flatten every level and concatenate: one sequence of S = sum_l H_l*W_l tokens.
+
+        -> src_flatten (B, S, C), mask_flatten (B, S), pos_flatten (B, S, C) (position + level
+        embedding), spatial_shapes (L, 2) rows (H_l, W_l), level_start_index (L,), valid_ratios (B, L, 2).
+        """
         src_flatten, mask_flatten, pos_flatten, shapes = [], [], [], []
         for level, (src, mask, pos) in enumerate(zip(srcs, masks, pos_embeds)):
             _, _, h, w = src.shape
@@ -334,42 +322,67 @@ class DeformableTransformer(nn.Module):
         spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=src_flatten.device)  # (L, 2)
         level_start_index = level_start_index_from_shapes(spatial_shapes)  # (L,)
         valid_ratios = torch.stack([get_valid_ratio(m) for m in masks], 1).to(src_flatten.dtype)  # (B, L, 2)
-        if record is not None:
-            record("shapes", {"spatial_shapes": spatial_shapes, "level_start_index": level_start_index,
-                              "valid_ratios": valid_ratios, "masks": list(masks)})
+        return src_flatten, mask_flatten, pos_flatten, spatial_shapes, level_start_index, valid_ratios
 
+    def learned_queries(self, query_embed, batch_size: int):
+        """One-stage: query_embed (Q, 2C) -> query_pos, tgt (B, Q, C) and reference points
+        (B, Q, 2) = sigmoid(Linear(query_pos))."""
+        query_pos, tgt = torch.split(query_embed, self.d_model, dim=1)  # (Q, C) each
+        query_pos = query_pos.unsqueeze(0).expand(batch_size, -1, -1)  # (B, Q, C)
+        tgt = tgt.unsqueeze(0).expand(batch_size, -1, -1)
+        reference_points = self.reference_points(query_pos).sigmoid()  # (B, Q, 2)
+        return query_pos, tgt, reference_points
+
+    def select_proposals(self, enc_outputs_class, enc_outputs_coord_unact):
+        """Two-stage: keep the ``two_stage_num_proposals`` proposals with the highest first
+        logit (class-agnostic "object here" score, as in the official code).
+
+        -> topk (B, K) token indices, their boxes (B, K, 4) in inverse-sigmoid space (detached:
+        the decoder does not train the encoder's boxes through its queries).
+        """
+        k = min(self.two_stage_num_proposals, enc_outputs_class.shape[1])
+        topk = torch.topk(enc_outputs_class[..., 0], k, dim=1)[1]  # (B, K)
+        topk_coords_unact = torch.gather(enc_outputs_coord_unact, 1,
+                                         topk.unsqueeze(-1).expand(-1, -1, 4)).detach()  # (B, K, 4)
+        return topk, topk_coords_unact
+
+    def two_stage_queries(self, memory, mask_flatten, spatial_shapes):
+        """Two-stage: every encoder token proposes a box; the best become the decoder's queries.
+
+        -> enc_outputs_class (B, S, num_classes), enc_outputs_coord_unact (B, S, 4), and for the
+        decoder query_pos, tgt (B, K, C) (a sine embedding of the boxes) and reference boxes (B, K, 4).
+        """
+        proposals, valid = encoder_proposals(mask_flatten, spatial_shapes)  # (B, S, 4), (B, S, 1)
+        output_memory = memory.masked_fill(~valid, 0.0)
+        output_memory = self.enc_output_norm(self.enc_output(output_memory))  # (B, S, C)
+        # The last class / box head (index num_decoder_layers) belongs to the encoder.
+        enc_outputs_class = self.decoder.class_embed[self.decoder.num_layers](output_memory)
+        enc_outputs_coord_unact = self.decoder.bbox_embed[self.decoder.num_layers](output_memory) + proposals
+        _, topk_coords_unact = self.select_proposals(enc_outputs_class, enc_outputs_coord_unact)
+        reference_points = topk_coords_unact.sigmoid()  # (B, K, 4)
+        pos_trans_out = self.pos_trans_norm(self.pos_trans(proposal_pos_embed(topk_coords_unact,
+                                                                              self.d_model // 2)))
+        query_pos, tgt = torch.split(pos_trans_out, self.d_model, dim=2)  # (B, K, C) each
+        return enc_outputs_class, enc_outputs_coord_unact, query_pos, tgt, reference_points
+
+    def forward(self, srcs, masks, pos_embeds, query_embed=None):
+        if not self.two_stage and query_embed is None:
+            raise ValueError("query_embed: required unless two_stage")
+        src_flatten, mask_flatten, pos_flatten, spatial_shapes, level_start_index, valid_ratios = \
+            self.flatten_levels(srcs, masks, pos_embeds)
         memory = self.encoder(src_flatten, spatial_shapes, level_start_index, valid_ratios, pos_flatten,
-                              mask_flatten, record=record)  # (B, S, C)
+                              mask_flatten)  # (B, S, C)
 
-        b, _, c = memory.shape
         enc_outputs_class = enc_outputs_coord_unact = None
         if self.two_stage:
-            proposals, valid = encoder_proposals(mask_flatten, spatial_shapes)  # (B, S, 4), (B, S, 1)
-            output_memory = memory.masked_fill(~valid, 0.0)
-            output_memory = self.enc_output_norm(self.enc_output(output_memory))  # (B, S, C)
-            # The last class / box head (index num_decoder_layers) belongs to the encoder.
-            enc_outputs_class = self.decoder.class_embed[self.decoder.num_layers](output_memory)  # (B, S, K)
-            enc_outputs_coord_unact = self.decoder.bbox_embed[self.decoder.num_layers](output_memory) + proposals
-            k = min(self.two_stage_num_proposals, enc_outputs_class.shape[1])
-            topk = torch.topk(enc_outputs_class[..., 0], k, dim=1)[1]  # (B, K) ranked by the first logit
-            topk_coords_unact = torch.gather(enc_outputs_coord_unact, 1,
-                                             topk.unsqueeze(-1).expand(-1, -1, 4)).detach()  # (B, K, 4)
-            reference_points = topk_coords_unact.sigmoid()
-            pos_trans_out = self.pos_trans_norm(self.pos_trans(proposal_pos_embed(topk_coords_unact, c // 2)))
-            query_pos, tgt = torch.split(pos_trans_out, c, dim=2)  # (B, K, C) each
-            if record is not None:
-                record("proposals", {"boxes": enc_outputs_coord_unact.sigmoid(), "logits": enc_outputs_class,
-                                     "valid": valid[..., 0], "topk_indices": topk})
+            enc_outputs_class, enc_outputs_coord_unact, query_pos, tgt, reference_points = \
+                self.two_stage_queries(memory, mask_flatten, spatial_shapes)
         else:
-            query_pos, tgt = torch.split(query_embed, c, dim=1)  # (Q, C) each
-            query_pos = query_pos.unsqueeze(0).expand(b, -1, -1)  # (B, Q, C)
-            tgt = tgt.unsqueeze(0).expand(b, -1, -1)
-            reference_points = self.reference_points(query_pos).sigmoid()  # (B, Q, 2)
-        init_reference = reference_points
+            query_pos, tgt, reference_points = self.learned_queries(query_embed, memory.shape[0])
 
         hs, inter_references = self.decoder(tgt, reference_points, memory, spatial_shapes, level_start_index,
-                                            valid_ratios, query_pos, mask_flatten, record=record)
-        return hs, init_reference, inter_references, enc_outputs_class, enc_outputs_coord_unact
+                                            valid_ratios, query_pos, mask_flatten)
+        return hs, reference_points, inter_references, enc_outputs_class, enc_outputs_coord_unact
 
 
 def build_deformable_transformer(cfg) -> DeformableTransformer:

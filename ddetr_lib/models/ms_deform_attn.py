@@ -45,11 +45,10 @@ class MSDeformAttn(nn.Module):
     sampling points per head and level).
     backend: "auto" | "torch" | "numba_cpu" | "numba_cuda" (see ``ddetr_lib.kernels``).
 
-    ``record_attention`` is ``None`` normally; inside ``capture_deformable`` it is a
-    function that receives the sampling locations and attention weights of every call.
+    ``sampling_points`` is the part of Eq. 3 read off the query (where to look, how much
+    to trust each point); ``forward`` adds the value projection, the sampling itself
+    (``ms_deform_attn``) and the output projection.
     """
-
-    record_attention = None
 
     def __init__(self, d_model: int = 256, num_feature_levels: int = 4, nheads: int = 8, n_points: int = 4,
                  backend: str = "auto"):
@@ -92,31 +91,24 @@ class MSDeformAttn(nn.Module):
         nn.init.xavier_uniform_(self.output_proj.weight)
         nn.init.constant_(self.output_proj.bias, 0.0)
 
-    def forward(self, query, reference_points, input_flatten, spatial_shapes, level_start_index,
-                padding_mask=None, backend: str | None = None):
-        """
+    def sampling_points(self, query, reference_points, spatial_shapes):
+        """Where each head of each query looks, and how much each point counts.
+
         query:             (N, Lq, C)
         reference_points:  (N, Lq, L, 2) points (x, y) in [0, 1] (per level), or
                            (N, Lq, L, 4) boxes (cx, cy, w, h) in [0, 1]
-        input_flatten:     (N, S, C) all levels' pixels, flattened level after level
-        spatial_shapes:    (L, 2) int64 rows (H_l, W_l); level_start_index: (L,)
-        padding_mask:      (N, S) True on padding (those values are zeroed)
-        -> (N, Lq, C)
+        spatial_shapes:    (L, 2) int64 rows (H_l, W_l)
+        -> sampling_locations (N, Lq, M, L, P, 2) as (x, y) in [0, 1] (p_q + Delta p),
+           attention_weights  (N, Lq, M, L, P), softmaxed over the L*P points of each head (A)
         """
         n, len_q, _ = query.shape
-        _, len_in, _ = input_flatten.shape
-        M, L, P = self.nheads, self.num_feature_levels, self.n_points
+        M, L, P = self.nheads, self.num_feature_levels, self.n_points  # heads, levels, points
         if reference_points.dim() != 4 or reference_points.shape[:3] != (n, len_q, L) \
                 or reference_points.shape[-1] not in (2, 4):
             raise ValueError(f"reference_points: expected (N, Lq, L, 2) or (N, Lq, L, 4) = "
                              f"({n}, {len_q}, {L}, 2|4), got {tuple(reference_points.shape)}")
         if spatial_shapes.shape != (L, 2):
             raise ValueError(f"spatial_shapes: expected ({L}, 2), got {tuple(spatial_shapes.shape)}")
-
-        value = self.value_proj(input_flatten)  # (N, S, C)
-        if padding_mask is not None:
-            value = value.masked_fill(padding_mask[..., None], 0.0)  # padding contributes nothing
-        value = value.view(n, len_in, M, self.d_model // M)  # (N, S, M, D)
 
         offsets = self.sampling_offsets(query).view(n, len_q, M, L, P, 2)  # (N, Lq, M, L, P, 2) pixels
         weights = self.attention_weights(query).view(n, len_q, M, L * P)
@@ -132,17 +124,31 @@ class MSDeformAttn(nn.Module):
             # k-th point of the initial ray reaches at most the box border).
             locations = (reference_points[:, :, None, :, None, :2]
                          + offsets / P * reference_points[:, :, None, :, None, 2:] * 0.5)
-        # locations: (N, Lq, M, L, P, 2) as (x, y) in [0, 1]
+        return locations, weights  # (N, Lq, M, L, P, 2), (N, Lq, M, L, P)
 
-        record = self.record_attention
-        if record is not None:
-            record(reference_points, locations, weights)
+    def forward(self, query, reference_points, input_flatten, spatial_shapes, level_start_index,
+                padding_mask=None, backend: str | None = None):
+        """
+        query:             (N, Lq, C)
+        reference_points:  (N, Lq, L, 2) points or (N, Lq, L, 4) boxes, in [0, 1]
+        input_flatten:     (N, S, C) all levels' pixels, flattened level after level
+        spatial_shapes:    (L, 2) int64 rows (H_l, W_l); level_start_index: (L,)
+        padding_mask:      (N, S) True on padding (those values are zeroed)
+        -> (N, Lq, C)
+        """
+        n, len_in, _ = input_flatten.shape
+        value = self.value_proj(input_flatten)  # (N, S, C)
+        if padding_mask is not None:
+            value = value.masked_fill(padding_mask[..., None], 0.0)  # padding contributes nothing
+        value = value.view(n, len_in, self.nheads, self.d_model // self.nheads)  # (N, S, M, C/M)
 
+        locations, weights = self.sampling_points(query, reference_points, spatial_shapes)
         backend = self.backend if backend is None else backend
         if torch.is_autocast_enabled(value.device.type):  # mixed precision: the kernel runs in float32
             with torch.autocast(value.device.type, enabled=False):
                 output = ms_deform_attn(value.float(), spatial_shapes, level_start_index, locations.float(),
                                         weights.float(), backend=backend)  # (N, Lq, C)
         else:
-            output = ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights, backend=backend)
+            output = ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights,
+                                    backend=backend)  # (N, Lq, C)
         return self.output_proj(output)

@@ -11,10 +11,10 @@ and keys of every attention layer. Two variants, as in the paper:
   larger batch gets the same encoding as the image on its own (Deformable DETR's
   official code first subtracts 0.5 from the count: ``offset=-0.5``)::
 
-      y_embed[i, j] = (number of valid rows up to i) / (valid height + eps) * 2*pi
-      dim_t[k]      = temperature ** (2 * (k // 2) / num_pos_feats)
-      pos_y[..., 2k]   = sin(y_embed / dim_t[2k])
-      pos_y[..., 2k+1] = cos(y_embed / dim_t[2k+1])
+      y_embed[i, j] = (number of valid rows up to i + offset) / (valid height + eps) * 2*pi
+      pos_y = sine_encoding(y_embed): pos_y[..., 2k] = sin(y_embed / dim_t[2k]),
+                                      pos_y[..., 2k+1] = cos(y_embed / dim_t[2k+1]),
+      dim_t[k] = temperature ** (2 * (k // 2) / num_pos_feats)
 
   and the same for x; the output concatenates ``(pos_y, pos_x)`` on the channel axis.
 * ``PositionEmbeddingLearned``: a learned table of 50 row and 50 column vectors.
@@ -27,6 +27,21 @@ import torch
 from torch import nn
 
 from ddetr_lib.utils import NestedTensor
+
+
+def sine_encoding(coords: torch.Tensor, num_pos_feats: int = 128, temperature: float = 10000.0) -> torch.Tensor:
+    """The sine/cosine encoding of each scalar in ``coords`` (already scaled, e.g. to
+    [0, 2*pi]): (...) -> (..., num_pos_feats), even channels sin, odd channels cos::
+
+        dim_t[k]      = temperature ** (2 * (k // 2) / num_pos_feats)
+        out[..., 2k]   = sin(coords / dim_t[2k]),   out[..., 2k+1] = cos(coords / dim_t[2k+1])
+
+    Used for pixel positions here and for box coordinates by the two-stage decoder queries.
+    """
+    dim_t = torch.arange(num_pos_feats, dtype=torch.float32, device=coords.device)  # (F,)
+    dim_t = temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / num_pos_feats)
+    angles = coords[..., None] / dim_t  # (..., F)
+    return torch.stack((angles[..., 0::2].sin(), angles[..., 1::2].cos()), dim=-1).flatten(-2)  # (..., F)
 
 
 class PositionEmbeddingSine(nn.Module):
@@ -57,14 +72,8 @@ class PositionEmbeddingSine(nn.Module):
             y_embed = (y_embed + self.offset) / (y_embed[:, -1:, :] + eps) * self.scale
             x_embed = (x_embed + self.offset) / (x_embed[:, :, -1:] + eps) * self.scale
 
-        dim_t = torch.arange(self.num_pos_feats, dtype=torch.float32, device=mask.device)  # (F,)
-        dim_t = self.temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / self.num_pos_feats)
-
-        pos_x = x_embed[:, :, :, None] / dim_t  # (B, H, W, F)
-        pos_y = y_embed[:, :, :, None] / dim_t  # (B, H, W, F)
-        # Interleave: even channels sin, odd channels cos.
-        pos_x = torch.stack((pos_x[:, :, :, 0::2].sin(), pos_x[:, :, :, 1::2].cos()), dim=4).flatten(3)
-        pos_y = torch.stack((pos_y[:, :, :, 0::2].sin(), pos_y[:, :, :, 1::2].cos()), dim=4).flatten(3)
+        pos_x = sine_encoding(x_embed, self.num_pos_feats, self.temperature)  # (B, H, W, F)
+        pos_y = sine_encoding(y_embed, self.num_pos_feats, self.temperature)  # (B, H, W, F)
         pos = torch.cat((pos_y, pos_x), dim=3).permute(0, 3, 1, 2)  # (B, 2F, H, W)
         return pos.to(x.tensors.dtype)
 

@@ -15,42 +15,29 @@ gives the pre-norm variant (``x = x + sublayer(norm(x))``, plus a final encoder 
 Tensors are batch-first: sequences are (B, L, C). ``nn.MultiheadAttention`` is used
 directly so that parameter names match the official checkpoints
 (``self_attn.in_proj_weight`` ...). By default it is called with ``need_weights=False``
-(the fast, fused path); ``capture_attention(model)`` turns weight recording on.
+(the fast, fused path); ``capture_attention(model)`` (``capture.py``) asks for the
+weights with forward hooks while it is active.
 """
 from __future__ import annotations
 
 import copy
-from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
-def _with_pos(x: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
+def with_pos_embed(x: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
+    """Add the positional encoding (queries and keys get it; values never do)."""
     return x if pos is None else x + pos
 
 
-class _RecordsAttention:
-    """Mixin: an attention layer that can hand its weights to a recorder.
-
-    ``record_attention`` is ``None`` normally (weights are not computed at all); inside
-    ``capture_attention`` it is a function ``record(kind, weights)``.
-    """
-
-    record_attention = None
-
-    def _attend(self, attn: nn.MultiheadAttention, kind: str, query, key, value,
-                key_padding_mask=None) -> torch.Tensor:
-        record = self.record_attention
-        out, weights = attn(query, key, value, key_padding_mask=key_padding_mask,
-                            need_weights=record is not None, average_attn_weights=False)
-        if record is not None:
-            record(kind, weights)  # (B, heads, L_query, L_key)
-        return out
+def clones(module: nn.Module, n: int) -> nn.ModuleList:
+    """``n`` independent copies of ``module`` (the layers of an encoder or decoder)."""
+    return nn.ModuleList(copy.deepcopy(module) for _ in range(n))
 
 
-class TransformerEncoderLayer(_RecordsAttention, nn.Module):
+class TransformerEncoderLayer(nn.Module):
     """Self-attention over all feature pixels, then a feed-forward network."""
 
     def __init__(self, d_model: int, nheads: int, dim_feedforward: int = 2048, dropout: float = 0.1,
@@ -69,22 +56,22 @@ class TransformerEncoderLayer(_RecordsAttention, nn.Module):
     def _ffn(self, x):
         return self.linear2(self.dropout(F.relu(self.linear1(x))))
 
+    def _self_attention(self, x, pos, key_padding_mask):
+        q = k = with_pos_embed(x, pos)
+        return self.self_attn(q, k, x, key_padding_mask=key_padding_mask, need_weights=False)[0]
+
     def forward(self, src, src_key_padding_mask=None, pos=None):
         # src, pos: (B, HW, C); src_key_padding_mask: (B, HW), True on padding
         if self.pre_norm:
-            x = self.norm1(src)
-            q = k = _with_pos(x, pos)
-            src = src + self.dropout1(self._attend(self.self_attn, "encoder", q, k, x, src_key_padding_mask))
+            src = src + self.dropout1(self._self_attention(self.norm1(src), pos, src_key_padding_mask))
             src = src + self.dropout2(self._ffn(self.norm2(src)))
             return src
-        q = k = _with_pos(src, pos)
-        src = self.norm1(src + self.dropout1(self._attend(self.self_attn, "encoder", q, k, src,
-                                                          src_key_padding_mask)))
+        src = self.norm1(src + self.dropout1(self._self_attention(src, pos, src_key_padding_mask)))
         src = self.norm2(src + self.dropout2(self._ffn(src)))
         return src
 
 
-class TransformerDecoderLayer(_RecordsAttention, nn.Module):
+class TransformerDecoderLayer(nn.Module):
     """Self-attention among queries, cross-attention from queries to the encoder memory, FFN."""
 
     def __init__(self, d_model: int, nheads: int, dim_feedforward: int = 2048, dropout: float = 0.1,
@@ -106,34 +93,33 @@ class TransformerDecoderLayer(_RecordsAttention, nn.Module):
     def _ffn(self, x):
         return self.linear2(self.dropout(F.relu(self.linear1(x))))
 
+    def _self_attention(self, x, query_pos):
+        q = k = with_pos_embed(x, query_pos)
+        return self.self_attn(q, k, x, need_weights=False)[0]
+
+    def _cross_attention(self, x, query_pos, memory, pos, memory_key_padding_mask):
+        return self.multihead_attn(with_pos_embed(x, query_pos), with_pos_embed(memory, pos), memory,
+                                   key_padding_mask=memory_key_padding_mask, need_weights=False)[0]
+
     def forward(self, tgt, memory, memory_key_padding_mask=None, pos=None, query_pos=None):
         # tgt, query_pos: (B, Q, C); memory, pos: (B, HW, C); memory_key_padding_mask: (B, HW)
         if self.pre_norm:
-            x = self.norm1(tgt)
-            q = k = _with_pos(x, query_pos)
-            tgt = tgt + self.dropout1(self._attend(self.self_attn, "decoder_self", q, k, x))
-            x = self.norm2(tgt)
-            tgt = tgt + self.dropout2(self._attend(self.multihead_attn, "decoder_cross", _with_pos(x, query_pos),
-                                                   _with_pos(memory, pos), memory, memory_key_padding_mask))
+            tgt = tgt + self.dropout1(self._self_attention(self.norm1(tgt), query_pos))
+            tgt = tgt + self.dropout2(self._cross_attention(self.norm2(tgt), query_pos, memory, pos,
+                                                            memory_key_padding_mask))
             tgt = tgt + self.dropout3(self._ffn(self.norm3(tgt)))
             return tgt
-        q = k = _with_pos(tgt, query_pos)
-        tgt = self.norm1(tgt + self.dropout1(self._attend(self.self_attn, "decoder_self", q, k, tgt)))
-        tgt = self.norm2(tgt + self.dropout2(self._attend(
-            self.multihead_attn, "decoder_cross", _with_pos(tgt, query_pos), _with_pos(memory, pos), memory,
-            memory_key_padding_mask)))
+        tgt = self.norm1(tgt + self.dropout1(self._self_attention(tgt, query_pos)))
+        tgt = self.norm2(tgt + self.dropout2(self._cross_attention(tgt, query_pos, memory, pos,
+                                                                   memory_key_padding_mask)))
         tgt = self.norm3(tgt + self.dropout3(self._ffn(tgt)))
         return tgt
-
-
-def _clones(module: nn.Module, n: int) -> nn.ModuleList:
-    return nn.ModuleList(copy.deepcopy(module) for _ in range(n))
 
 
 class TransformerEncoder(nn.Module):
     def __init__(self, encoder_layer: nn.Module, num_layers: int, norm: nn.Module | None = None):
         super().__init__()
-        self.layers = _clones(encoder_layer, num_layers)
+        self.layers = clones(encoder_layer, num_layers)
         self.num_layers = num_layers
         self.norm = norm  # only with pre-norm layers
 
@@ -150,7 +136,7 @@ class TransformerDecoder(nn.Module):
     def __init__(self, decoder_layer: nn.Module, num_layers: int, norm: nn.Module,
                  return_intermediate: bool = False):
         super().__init__()
-        self.layers = _clones(decoder_layer, num_layers)
+        self.layers = clones(decoder_layer, num_layers)
         self.num_layers = num_layers
         self.norm = norm
         self.return_intermediate = return_intermediate
@@ -169,7 +155,7 @@ class TransformerDecoder(nn.Module):
         return self.norm(output).unsqueeze(0)
 
 
-class Transformer(_RecordsAttention, nn.Module):
+class Transformer(nn.Module):
     """Encoder-decoder transformer of DETR.
 
     forward(src (B, C, H, W), mask (B, H, W), query_embed (Q, C), pos_embed (B, C, H, W))
@@ -197,8 +183,6 @@ class Transformer(_RecordsAttention, nn.Module):
 
     def forward(self, src, mask, query_embed, pos_embed):
         b, c, h, w = src.shape
-        if self.record_attention is not None:
-            self.record_attention("mask", mask)  # lets a notebook reshape HW back to (H, W)
         src = src.flatten(2).transpose(1, 2)  # (B, HW, C)
         pos_embed = pos_embed.flatten(2).transpose(1, 2)  # (B, HW, C)
         mask = mask.flatten(1)  # (B, HW)
@@ -222,46 +206,3 @@ def build_transformer(cfg) -> Transformer:
         pre_norm=cfg.pre_norm,
         return_intermediate_dec=True,
     )
-
-
-# ----------------------------------------------------------------------------- attention capture
-@contextmanager
-def capture_attention(model: nn.Module):
-    """Record the attention maps of every forward pass run inside the ``with`` block.
-
-        with capture_attention(model) as maps:
-            out = model(samples)
-        maps["encoder"][l]        # (B, heads, HW, HW)  encoder self-attention of layer l
-        maps["decoder_self"][l]   # (B, heads, Q, Q)    query-to-query attention
-        maps["decoder_cross"][l]  # (B, heads, Q, HW)   query-to-pixel attention
-        maps["shape"]             # (H, W) of the feature map: reshape HW -> (H, W)
-        maps["mask"]              # (B, H, W) True on padding (those keys get weight 0)
-
-    Rows are indexed by the attending token (a pixel, or an object query), columns by
-    the attended one, pixels in row-major order. Outside the block (and by default) the
-    layers call ``nn.MultiheadAttention`` with ``need_weights=False`` and nothing is
-    computed or stored. Each new forward pass inside the block replaces the maps.
-    """
-    maps = {"encoder": [], "decoder_self": [], "decoder_cross": [], "shape": None, "mask": None}
-
-    def record(kind: str, value: torch.Tensor):
-        if kind == "mask":  # a new forward pass starts: start afresh
-            for key in ("encoder", "decoder_self", "decoder_cross"):
-                maps[key] = []
-            maps["mask"] = value.detach()
-            maps["shape"] = tuple(value.shape[-2:])
-        else:
-            maps[kind].append(value.detach())
-
-    layers = [m for m in model.modules() if isinstance(m, _RecordsAttention)]
-    previous = [m.record_attention for m in layers]
-    for m in layers:
-        m.record_attention = record
-    try:
-        yield maps
-    finally:
-        for m, prev in zip(layers, previous):
-            if prev is None:
-                del m.record_attention  # back to the class default (None)
-            else:
-                m.record_attention = prev

@@ -104,25 +104,25 @@ def _to_cpu(obj):
     return obj
 
 
-def query_scores(outputs: dict, batch_index: int = 0, focal: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def query_scores(outputs: dict, batch_index: int = 0, focal_loss: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Each query's best class and its probability: ``(scores (Q,), labels (Q,))`` for image ``batch_index``.
 
-    focal=True (Deformable DETR): sigmoid per class; False (DETR): softmax without the
+    focal_loss=True (Deformable DETR): sigmoid per class; False (DETR): softmax without the
     last ("no object") class.
     """
     logits = outputs["pred_logits"][batch_index].detach().float().cpu()  # (Q, C)
-    prob = logits.sigmoid() if focal else logits.softmax(-1)[:, :-1]
+    prob = logits.sigmoid() if focal_loss else logits.softmax(-1)[:, :-1]
     return prob.max(-1)
 
 
-def confident_queries(outputs: dict, batch_index: int = 0, focal: bool = True, score_threshold: float = 0.3,
+def confident_queries(outputs: dict, batch_index: int = 0, focal_loss: bool = True, score_threshold: float = 0.3,
                       min_queries: int = 1, max_queries: int | None = None) -> torch.Tensor:
     """Indices of the queries scoring at least ``score_threshold``, best first.
 
     When fewer pass (an untrained model), the ``min_queries`` best are returned instead, so
     that a figure is never empty; ``max_queries`` caps the number.
     """
-    scores, _ = query_scores(outputs, batch_index, focal)
+    scores, _ = query_scores(outputs, batch_index, focal_loss)
     order = scores.argsort(descending=True)
     keep = order[scores[order] >= score_threshold]
     if len(keep) < min_queries:

@@ -99,7 +99,7 @@ def _pick_query(record, outputs, stage: str, layer: int, batch_index: int, query
     if query is None:
         if outputs is None:
             raise ValueError("query: give a decoder query, or the outputs to pick the best-scoring one")
-        query = int(confident_queries(outputs, batch_index, focal=True, min_queries=1)[0])
+        query = int(confident_queries(outputs, batch_index, focal_loss=True, min_queries=1)[0])
     return int(query), f"decoder query {int(query)}"
 
 
@@ -231,7 +231,7 @@ def plot_refinement(record: Mapping, outputs: Mapping, image, batch_index: int =
         if gt_box is not None:
             query = int(box_iou(_xyxy(outputs["pred_boxes"][batch_index]), _xyxy(gt_box))[:, 0].argmax())
         else:
-            query = int(confident_queries(outputs, batch_index, focal=True)[0])
+            query = int(confident_queries(outputs, batch_index, focal_loss=True)[0])
     n_queries = outputs["pred_boxes"].shape[1]
     if not 0 <= query < n_queries:
         raise ValueError(f"query: {query} is not a decoder query (0 .. {n_queries - 1})")
@@ -273,7 +273,7 @@ def plot_refinement(record: Mapping, outputs: Mapping, image, batch_index: int =
     ax.add_patch(box_patch(final, edgecolor="orangered", linewidth=2.4, label=f"final box (layer {n_layers - 1})",
                            gid="final_box"))
     drawn.append(final)
-    scores, labels = query_scores(outputs, batch_index, focal=True)
+    scores, labels = query_scores(outputs, batch_index, focal_loss=True)
     ax.set_title(f"query {query}: {_name(int(labels[query]), names)} {scores[query]:.2f}", fontsize=9)
     if zoom:
         boxes = torch.stack(drawn)
@@ -356,8 +356,8 @@ def plot_two_stage(record: Mapping, outputs: Mapping, image, batch_index: int = 
     axes[0].set_title(f"encoder: top {len(scores)} proposals (the decoder's reference boxes)\n"
                       f"from levels {'/'.join(map(str, range(len(per_level))))}: "
                       f"{'/'.join(map(str, per_level))}", fontsize=9)
-    keep = confident_queries(outputs, batch_index, focal=True, score_threshold=score_threshold, min_queries=3)
-    det_scores, det_labels = query_scores(outputs, batch_index, focal=True)
+    keep = confident_queries(outputs, batch_index, focal_loss=True, score_threshold=score_threshold, min_queries=3)
+    det_scores, det_labels = query_scores(outputs, batch_index, focal_loss=True)
     draw_boxes(axes[1], image, boxes_to_pixels(outputs["pred_boxes"][batch_index, keep].detach().cpu(), (h, w)),
                det_labels[keep].tolist(), det_scores[keep].tolist(), names=names)
     passed = int((det_scores >= score_threshold).sum())
@@ -410,7 +410,7 @@ def plot_sampling_density(record: Mapping, outputs: Mapping, image, batch_index:
 
     _check_record(record, batch_index, "decoder", layer)
     size = _image_size(image)
-    queries = confident_queries(outputs, batch_index, focal=True, score_threshold=score_threshold, min_queries=3)
+    queries = confident_queries(outputs, batch_index, focal_loss=True, score_threshold=score_threshold, min_queries=3)
     density, outside = sampling_density(record, queries, size, batch_index, layer, bins)
     if sigma > 0:
         density = gaussian_filter(density, sigma)
@@ -420,7 +420,7 @@ def plot_sampling_density(record: Mapping, outputs: Mapping, image, batch_index:
     h, w = show_image(ax, image)
     im = ax.imshow(density, extent=image_extent(h, w), cmap=_fading(cmap), interpolation="bilinear", vmin=0)
     im.set_gid("density")
-    scores, labels = query_scores(outputs, batch_index, focal=True)
+    scores, labels = query_scores(outputs, batch_index, focal_loss=True)
     for q in queries.tolist():
         box = boxes_to_pixels(outputs["pred_boxes"][batch_index, q:q + 1].detach().cpu(), (h, w))[0]
         colour = class_colour(int(labels[q]))

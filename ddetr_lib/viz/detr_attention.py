@@ -117,9 +117,9 @@ def plot_detr_decoder_attention(maps: dict, outputs: dict, image, batch_index: i
     import matplotlib.pyplot as plt
 
     attn = _check_maps(maps, "decoder_cross", batch_index, layer)  # (B, M, Q, HW)
-    queries = confident_queries(outputs, batch_index, focal=False, score_threshold=score_threshold,
+    queries = confident_queries(outputs, batch_index, focal_loss=False, score_threshold=score_threshold,
                                 max_queries=max_detections)
-    scores, labels = query_scores(outputs, batch_index, focal=False)
+    scores, labels = query_scores(outputs, batch_index, focal_loss=False)
     n_heads = attn.shape[1]
     ncols = 2 + (n_heads if per_head else 0)
     if axes is None:

@@ -359,12 +359,19 @@ class SamplingExplorer:
             "valid_ratios": rec["valid_ratios"].cpu(), "masks": [m.cpu() for m in rec["masks"]],
         }
         outputs = {"pred_logits": out["pred_logits"].cpu(), "pred_boxes": out["pred_boxes"].cpu()}
+        # Every decoder layer's own prediction (auxiliary outputs, then the last layer's), so that a
+        # layer's sampling points are shown with the box that layer predicts.
+        per_layer = [*out.get("aux_outputs", []), outputs]
+        if len(per_layer) != len(record["decoder"]):  # no auxiliary outputs: the final box everywhere
+            per_layer = [outputs] * len(record["decoder"])
+        layer_outputs = [{k: o[k].cpu() for k in ("pred_logits", "pred_boxes")} for o in per_layer]
         prob = outputs["pred_logits"][0].sigmoid()  # (Q, C)
         scores, labels = prob.max(-1)
         h, w = rgb.shape[:2]
         from ddetr_lib.viz.images import boxes_to_pixels
 
         entry = {"rgb": rgb, "size": (h, w), "input_size": tuple(x.shape[1:]), "record": record, "outputs": outputs,
+                 "layer_outputs": layer_outputs,
                  "scores": scores.numpy(), "labels": labels.numpy(),  # best class per query (Q,)
                  "boxes": boxes_to_pixels(outputs["pred_boxes"][0], (h, w)).numpy(),  # (Q, 4) pixels of rgb
                  "capture_seconds": time.perf_counter() - t0}
@@ -524,7 +531,7 @@ class SamplingExplorer:
 
         box = label = score = cell = others = None
         if stage == "decoder":
-            box, label, score = decoder_detection(e["outputs"], query, 0, size)
+            box, label, score = decoder_detection(e["layer_outputs"][layer], query, 0, size)
             # The other detections above the threshold, faint, to click on.
             others = e["boxes"][[q for _, q in c["query"].options if q != query]]
         else:
@@ -536,7 +543,7 @@ class SamplingExplorer:
             lvl, row, col = encoder_query_cell(rec, query)
             where = f"pixel ({c['x'].value}, {c['y'].value}) = level {lvl} cell ({row}, {col})"
         else:
-            where = f"query {query}"
+            where = f"query {query} (box and score of layer {layer})"
         k_text = "" if top_k is None else f", top {top_k}"
         lv_text = "no level chosen" if not levels else f"levels {levels}"
         self.ax.set_title(f"{stage} layer {layer}, {where}\n{shown}, {lv_text}{k_text}", fontsize=9)

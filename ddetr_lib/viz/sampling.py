@@ -283,6 +283,7 @@ class SamplingArtists:
     def __init__(self, ax, *, cmap: str = POINT_CMAP, colorbar: bool | object = True, level_grid: int | None = None):
         from matplotlib.collections import LineCollection
         from matplotlib.patches import Rectangle
+        from matplotlib.ticker import MaxNLocator
 
         self.ax, self.level_grid = ax, level_grid
         self.image = None  # AxesImage, made on the first picture
@@ -309,9 +310,10 @@ class SamplingArtists:
             cax = None if colorbar is True else colorbar  # an Axes for the bar
             kw = dict(cax=cax) if cax is not None else dict(ax=ax, fraction=0.046, pad=0.02)
             self.colorbar = ax.figure.colorbar(self.points, label="attention weight", **kw)
-        if level_grid is None:
-            ax.set_xticks([])
-            ax.set_yticks([])
+            self.colorbar.locator = MaxNLocator(nbins=5)  # few labels: quick to redraw
+        if level_grid is None:  # no axes on a picture (and nothing to draw for them)
+            ax.xaxis.set_visible(False)
+            ax.yaxis.set_visible(False)
 
     def _show_image(self, image, w: float, h: float, alpha: float = 1.0):
         from ddetr_lib.viz.images import to_numpy_image
@@ -464,9 +466,10 @@ def plot_query_sampling(image, record: Mapping, stage: str, layer: int, query: i
 
     image: the picture to draw on (the image the model saw, or the original photo);
     ``size`` defaults to its size. outputs: the model outputs of the same forward pass,
-    for a decoder query's box and label. view: ``"all"`` (one panel, every chosen head
-    and level), ``"heads"`` (one panel per head) or ``"levels"`` (one panel per level,
-    on that level's pixel grid). Colours share one scale across panels.
+    for a decoder query's box and label (those ``layer`` predicts: its ``aux_outputs``).
+    view: ``"all"`` (one panel, every chosen head and level), ``"heads"`` (one panel per
+    head) or ``"levels"`` (one panel per level, on that level's pixel grid). Colours
+    share one scale across panels.
     """
     import matplotlib.pyplot as plt
 
@@ -476,7 +479,10 @@ def plot_query_sampling(image, record: Mapping, stage: str, layer: int, query: i
     pts = query_points(record, stage, layer, query, batch_index, size)
     box = label = score = cell = None
     if stage == "decoder" and outputs is not None:
-        box, label, score = decoder_detection(outputs, query, batch_index, size)
+        # The box this layer predicts: its auxiliary output (the final one for the last layer).
+        aux = outputs.get("aux_outputs") or []
+        own = aux[layer] if len(aux) == len(record["decoder"]) - 1 and layer < len(aux) else outputs
+        box, label, score = decoder_detection(own, query, batch_index, size)
     if stage == "encoder":
         cell = encoder_cell_box(record, query, size, batch_index)
     vmax = float(pts.select(heads, levels, top_k)["weights"].max())
