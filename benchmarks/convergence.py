@@ -1,6 +1,6 @@
 """Convergence study in miniature: DETR vs Deformable DETR on the synthetic set.
 
-The headline of the Deformable DETR paper (Zhu et al., 2021, Fig. 2) is that it
+The headline of the Deformable DETR paper (Zhu et al., 2021, Fig. 3) is that it
 reaches a better AP than DETR with 10x fewer epochs, and does much better on small
 objects.  This script re-enacts that on a CPU: it trains ``toy_detr`` and
 ``toy_deformable_detr`` (same backbone, widths, layers, queries, optimiser and

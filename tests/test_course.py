@@ -15,6 +15,8 @@ def test_compare_explains_mismatches():
     assert "1 of 4 values differ" in course.compare(a + torch.tensor([[0, 0], [0, 1.0]]), a)
     assert "expected 2 results" in course.compare((a,), (a, a))
     assert course.compare(0.5, 0.5) is None and "0.6" in course.compare(0.6, 0.5)
+    assert course.compare(torch.tensor([float("nan"), 1.0]), torch.tensor([0.0, 1.0])) is not None  # NaN is wrong
+    assert course.compare(float("nan"), 0.5) is not None
 
 
 def test_check_function_pass_fail_and_not_attempted():

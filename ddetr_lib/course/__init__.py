@@ -159,7 +159,7 @@ def compare(got: Any, expected: Any, atol: float = 1e-5, rtol: float = 1e-4) -> 
         if got.dtype.is_floating_point != expected.dtype.is_floating_point:
             return f"dtype {got.dtype}, expected {expected.dtype}"
         diff = (got.double() - expected.double()).abs()
-        bad = diff > atol + rtol * expected.double().abs()
+        bad = ~(diff <= atol + rtol * expected.double().abs())  # written so that a NaN counts as wrong
         if bad.any():
             i = tuple(int(v) for v in bad.nonzero()[0])
             return (f"{int(bad.sum())} of {bad.numel()} values differ; e.g. at {i}: "
