@@ -1,25 +1,14 @@
 """The exercise checks of notebook 01 pass the solutions, fail plausible mistakes, and report a stub as TODO."""
-import importlib.util
 
 import pytest
 import torch
 
 from ddetr_lib.course import checks_01
 from ddetr_lib.course.runner import NOTEBOOK_DIR
+from _solutions import load_solutions, todo
 
 
-def _load_solutions():
-    spec = importlib.util.spec_from_file_location("solutions_01", NOTEBOOK_DIR / "solutions" / "01_boxes_and_coco.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-S = _load_solutions()
-
-
-def _todo(*args):
-    raise NotImplementedError  # YOUR CODE HERE
+S = load_solutions("01")
 
 
 # --- plausible wrong answers: the mistakes learners make -------------------------------
@@ -94,7 +83,7 @@ def test_check_passes_solution_fails_mistakes_and_reports_todo(name, solution, w
         result = check(wrong)
         assert result.passed is False, f"{name} accepted {wrong.__name__}"
         assert "Hint" in result.message
-    assert check(_todo).passed is None
+    assert check(todo).passed is None
 
 
 def test_failure_message_names_the_case(capsys):

@@ -1,5 +1,4 @@
 """The exercise checks of notebook 02 pass the solutions, fail plausible mistakes, and report a stub as TODO."""
-import importlib.util
 
 import pytest
 import torch
@@ -8,20 +7,10 @@ import torchvision
 
 from ddetr_lib.course import checks_02
 from ddetr_lib.course.runner import NOTEBOOK_DIR
+from _solutions import load_solutions, todo
 
 
-def _load_solutions():
-    spec = importlib.util.spec_from_file_location("solutions_02", NOTEBOOK_DIR / "solutions" / "02_backbone_and_positions.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-S = _load_solutions()
-
-
-def _todo(*args):
-    raise NotImplementedError  # YOUR CODE HERE
+S = load_solutions("02")
 
 
 # --- plausible wrong answers -------------------------------------------------------------
@@ -76,7 +65,7 @@ def test_check_passes_solution_fails_mistakes_and_reports_todo(name, solution, w
         result = check(wrong)
         assert result.passed is False, f"{name} accepted {wrong.__name__}"
         assert "Hint" in result.message
-    assert check(_todo).passed is None
+    assert check(todo).passed is None
 
 
 def test_feature_size_reference_matches_torchvision_resnet():

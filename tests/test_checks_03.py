@@ -1,5 +1,4 @@
 """The exercise checks of notebook 03 pass the solutions, fail plausible mistakes, and report a stub as TODO."""
-import importlib.util
 import math
 
 import pytest
@@ -7,21 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from ddetr_lib.course import checks_03
-from ddetr_lib.course.runner import NOTEBOOK_DIR
+from _solutions import load_solutions, todo
 
 
-def _load_solutions():
-    spec = importlib.util.spec_from_file_location("solutions_03", NOTEBOOK_DIR / "solutions" / "03_transformer_and_detr.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-S = _load_solutions()
-
-
-def _todo(*args):
-    raise NotImplementedError  # YOUR CODE HERE
+S = load_solutions("03")
 
 
 # --- plausible wrong answers ---------------------------------------------------------------
@@ -93,6 +81,6 @@ def test_check_passes_solution_fails_mistakes(check, solution, wrong, capsys):
         result = check(fn)
         assert result.passed is False, f"{fn.__name__} was not caught"
         assert "Hint" in result.message
-    assert check(_todo).passed is None
+    assert check(todo).passed is None
     out = capsys.readouterr().out
     assert "[PASS]" in out and "[FAIL]" in out and "[TODO]" in out

@@ -1,26 +1,14 @@
 """The exercise checks of notebook 05 pass the solutions, fail plausible mistakes, and report a stub as TODO."""
-import importlib.util
 import math
 
 import pytest
 import torch
 
 from ddetr_lib.course import checks_05
-from ddetr_lib.course.runner import NOTEBOOK_DIR
+from _solutions import load_solutions, todo
 
 
-def _load_solutions():
-    spec = importlib.util.spec_from_file_location("solutions_05", NOTEBOOK_DIR / "solutions" / "05_why_detr_is_slow.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-S = _load_solutions()
-
-
-def _todo(*args):
-    raise NotImplementedError  # YOUR CODE HERE
+S = load_solutions("05")
 
 
 # --- plausible wrong answers ---------------------------------------------------------------
@@ -63,6 +51,6 @@ def test_check_passes_solution_fails_mistakes(check, solution, wrong, capsys):
         result = check(fn)
         assert result.passed is False, f"{fn.__name__} was not caught"
         assert "Hint" in result.message
-    assert check(_todo).passed is None
+    assert check(todo).passed is None
     out = capsys.readouterr().out
     assert "[PASS]" in out and "[FAIL]" in out and "[TODO]" in out

@@ -1,24 +1,16 @@
 """Notebook 06's exercise checks pass the solutions and catch typical mistakes."""
-import importlib.util
-from pathlib import Path
 
 import torch
 
 from ddetr_lib.course import checks_06 as checks
+from _solutions import load_solutions, todo
 
-_path = Path(__file__).resolve().parents[1] / "notebooks" / "solutions" / "06_deformable_attention.py"
-_spec = importlib.util.spec_from_file_location("solutions_06", _path)
-solutions = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(solutions)
-
-
-def _todo(*args):
-    raise NotImplementedError
+solutions = load_solutions("06")
 
 
 def test_bilinear_sample():
     assert checks.check_bilinear_sample(solutions.bilinear_sample, quiet=True).passed is True
-    assert checks.check_bilinear_sample(_todo, quiet=True).passed is None
+    assert checks.check_bilinear_sample(todo, quiet=True).passed is None
 
     def no_half_pixel(value, loc):  # forgets the -0.5: align_corners-style mistake
         H, W, _ = value.shape
@@ -58,4 +50,4 @@ def test_offsets_to_locations():
         return ref[:, None, None, :] + offsets / torch.tensor([H, W], dtype=offsets.dtype)
 
     assert checks.check_offsets_to_locations(by_hw, quiet=True).passed is False
-    assert checks.check_offsets_to_locations(_todo, quiet=True).passed is None
+    assert checks.check_offsets_to_locations(todo, quiet=True).passed is None

@@ -1,24 +1,16 @@
 """Notebook 07's exercise checks pass the solutions and catch typical mistakes."""
-import importlib.util
-from pathlib import Path
 
 import torch
 
 from ddetr_lib.course import checks_07 as checks
+from _solutions import load_solutions, todo
 
-_path = Path(__file__).resolve().parents[1] / "notebooks" / "solutions" / "07_multi_scale.py"
-_spec = importlib.util.spec_from_file_location("solutions_07", _path)
-solutions = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(solutions)
-
-
-def _todo(*args):
-    raise NotImplementedError
+solutions = load_solutions("07")
 
 
 def test_start_index():
     assert checks.check_start_index(solutions.start_index, quiet=True).passed is True
-    assert checks.check_start_index(_todo, quiet=True).passed is None
+    assert checks.check_start_index(todo, quiet=True).passed is None
 
     def inclusive_cumsum(shapes):  # the end of each level instead of its start
         return (shapes[:, 0] * shapes[:, 1]).cumsum(0)

@@ -1,22 +1,14 @@
 """Notebook 08's exercise checks pass the solutions and catch typical mistakes."""
-import importlib.util
-from pathlib import Path
 
 from ddetr_lib.course import checks_08 as checks
+from _solutions import load_solutions, todo
 
-_path = Path(__file__).resolve().parents[1] / "notebooks" / "solutions" / "08_the_kernel.py"
-_spec = importlib.util.spec_from_file_location("solutions_08", _path)
-solutions = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(solutions)
-
-
-def _todo(*args):
-    raise NotImplementedError
+solutions = load_solutions("08")
 
 
 def test_sample_pixel():
     assert checks.check_sample_pixel(solutions.sample_pixel, quiet=True).passed is True
-    assert checks.check_sample_pixel(_todo, quiet=True).passed is None
+    assert checks.check_sample_pixel(todo, quiet=True).passed is None
 
     def swaps_xy(fmap, H, W, x, y):  # x taken as the row
         return solutions.sample_pixel(fmap, H, W, y, x)
@@ -30,7 +22,7 @@ def test_sample_pixel():
 
 def test_grad_attention_weights():
     assert checks.check_grad_attention_weights(solutions.grad_attention_weights, quiet=True).passed is True
-    assert checks.check_grad_attention_weights(_todo, quiet=True).passed is None
+    assert checks.check_grad_attention_weights(todo, quiet=True).passed is None
 
     def times_weight(value, shapes, starts, loc, weights, grad_out):  # multiplies by the weight once too often
         return solutions.grad_attention_weights(value, shapes, starts, loc, weights, grad_out) * weights

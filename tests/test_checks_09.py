@@ -1,27 +1,17 @@
 """The exercise checks of notebook 09 pass the solutions, fail plausible wrong answers
 and report an untouched exercise as not attempted."""
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from ddetr_lib.course import checks_09
-
-SOLUTIONS = Path(__file__).resolve().parents[1] / "notebooks" / "solutions" / "09_deformable_detr.py"
+from _solutions import load_solutions, todo
 
 
 @pytest.fixture(scope="module")
 def sol():
-    spec = importlib.util.spec_from_file_location("solutions_09", SOLUTIONS)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def todo(*args):
-    raise NotImplementedError  # YOUR CODE HERE
+    return load_solutions("09")
 
 
 def test_focal_loss(sol):

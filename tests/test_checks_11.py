@@ -1,26 +1,16 @@
 """The exercise checks of notebook 11 pass the solutions, fail plausible wrong answers
 and report an untouched exercise as not attempted."""
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
 
 from ddetr_lib.course import checks_11
-
-SOLUTIONS = Path(__file__).resolve().parents[1] / "notebooks" / "solutions" / "11_two_stage.py"
+from _solutions import load_solutions, todo
 
 
 @pytest.fixture(scope="module")
 def sol():
-    spec = importlib.util.spec_from_file_location("solutions_11", SOLUTIONS)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def todo(*args):
-    raise NotImplementedError  # YOUR CODE HERE
+    return load_solutions("11")
 
 
 def test_token_proposals(sol):
