@@ -18,3 +18,14 @@ def load_solutions(number: str):
 def todo(*args):
     """An exercise left as the notebook gives it."""
     raise NotImplementedError  # YOUR CODE HERE
+
+
+def assert_check_behaves(check, solution, wrongs):
+    """The check passes the solution, fails each plausible wrong answer with a hint, and reports an
+    untouched exercise as not attempted."""
+    assert check(solution).passed is True, f"{check.__name__} rejects the solution"
+    for wrong in wrongs:
+        result = check(wrong)
+        assert result.passed is False, f"{check.__name__} accepted {wrong.__name__}"
+        assert "Hint" in result.message
+    assert check(todo).passed is None

@@ -43,3 +43,23 @@ def test_unknown_scale_is_refused():
     env = dict(os.environ, COURSE_SCALE="huge")
     out = subprocess.run([sys.executable, "-c", "import ddetr_lib.course"], env=env, capture_output=True, text=True)
     assert out.returncode != 0 and "COURSE_SCALE='huge'" in out.stderr
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_every_exercise_has_a_solution_and_a_check(path):
+    import re
+
+    from _solutions import load_solutions
+
+    nb = json.loads(path.read_text())
+    stubs = [s for s in ("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+             if "raise NotImplementedError" in s]
+    if path.stem[:2].isdigit() and 1 <= int(path.stem[:2]) <= 11:
+        assert 2 <= len(stubs) <= 4, f"{len(stubs)} exercises"
+    if not stubs:
+        return
+    solutions = load_solutions(path.stem[:2])
+    for source in stubs:
+        name = re.search(r"def (\w+)\(", source).group(1)
+        assert hasattr(solutions, name), f"notebooks/solutions has no {name}"
+        assert re.search(rf"check\w*\(\s*{name}\b", source), f"the cell of {name} calls no check on it"
