@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ddetr_lib.course import checks_01
-from _solutions import assert_check_behaves, load_solutions, todo
+from _solutions import assert_check_behaves, load_solutions
 
 
 S = load_solutions("01")

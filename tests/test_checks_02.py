@@ -6,7 +6,7 @@ import torch.nn.functional as F
 import torchvision
 
 from ddetr_lib.course import checks_02
-from _solutions import assert_check_behaves, load_solutions, todo
+from _solutions import assert_check_behaves, load_solutions
 
 
 S = load_solutions("02")
