@@ -67,7 +67,8 @@ class TrainingRun:
         output_dir.mkdir(parents=True, exist_ok=True)
         command = train_command([*args, "--output-dir", str(output_dir)], nproc)
         env = dict(os.environ, PYTHONSAFEPATH="1", PYTHONUNBUFFERED="1")
-        out = open(output_dir / "train.out", "a")  # a resumed run adds to the same console log
+        # A resumed run adds to the console log of the run it continues; a new run starts it afresh.
+        out = open(output_dir / "train.out", "a" if "--resume" in map(str, args) else "w")
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         out.close()  # the child keeps its own handle
         return cls(process, output_dir, command)
