@@ -32,7 +32,12 @@ def test_train_command_uses_torchrun_for_several_processes():
 
 @pytest.mark.slow
 def test_a_run_reports_progress_and_finishes(tiny_root, tmp_path):
-    run = TrainingRun.start([*ARGS, "--data-root", tiny_root, "--epochs", "1", "--steps-per-epoch", "2"], tmp_path / "run")
+    stale = tmp_path / "run" / "metrics.jsonl"  # an earlier run's progress must not be read as this one's
+    stale.parent.mkdir()
+    stale.write_text('{"step": 99, "epoch": 9, "iter": 1, "iters_per_epoch": 9, "sec_per_step": 1.0}\n')
+    run = TrainingRun.start([*ARGS, "--data-root", tiny_root, "--epochs", "1", "--steps-per-epoch", "2",
+                             "--overwrite"], tmp_path / "run")
+    assert run.metrics() == []
     panel = run.dashboard(refresh_s=0.5)
     assert run.wait(timeout=600) == 0, run.console()
     rows = run.metrics()

@@ -65,10 +65,16 @@ class TrainingRun:
         """
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
+        flags = [str(a) for a in args]
+        if "--overwrite" in flags and "--resume" not in flags:
+            # The trainer removes an earlier run's logs too, but only once it has started: clear
+            # them now, so that nothing reads the old run's progress meanwhile.
+            for name in ("metrics.jsonl", "log.jsonl", "eval.json"):
+                (output_dir / name).unlink(missing_ok=True)
         command = train_command([*args, "--output-dir", str(output_dir)], nproc)
         env = dict(os.environ, PYTHONSAFEPATH="1", PYTHONUNBUFFERED="1")
         # A resumed run adds to the console log of the run it continues; a new run starts it afresh.
-        out = open(output_dir / "train.out", "a" if "--resume" in map(str, args) else "w")
+        out = open(output_dir / "train.out", "a" if "--resume" in flags else "w")
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         out.close()  # the child keeps its own handle
         return cls(process, output_dir, command)
