@@ -107,13 +107,14 @@ def thread_env(threads: int) -> dict:
     return env
 
 
-def ensure_data(root: Path) -> None:
+def ensure_data(root: Path, setting: str = "default") -> None:
+    """The synthetic set ``setting`` in ``root`` (seed 0), generated when it is missing."""
     if (root / "annotations" / "instances_train2017.json").exists():
         return
     from ddetr_lib.data.synthetic import generate
 
-    print(f"generating the synthetic 'default' set in {root} ...", flush=True)
-    generate(root, setting="default", seed=0)
+    print(f"generating the synthetic {setting!r} set in {root} ...", flush=True)
+    generate(root, setting=setting, seed=0)
 
 
 def last_epoch_line(log_path: Path) -> str:

@@ -142,15 +142,6 @@ def train_command(name: str, args: argparse.Namespace) -> list[str]:
     return cmd
 
 
-def ensure_data(root: Path) -> None:
-    if (root / "annotations" / "instances_train2017.json").exists():
-        return
-    from ddetr_lib.data.synthetic import generate
-
-    print(f"generating the synthetic 'demo' set in {root} ...", flush=True)
-    generate(root, setting="demo", seed=0)
-
-
 # --------------------------------------------------------------------------- report
 def final_metrics(curve: dict, epoch: int | None = None) -> dict:
     """The numbers of the evaluation after ``epoch`` (default: the last one), the training
@@ -325,7 +316,7 @@ def format_table(finals: dict) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if not args.report_only:
-        ensure_data(args.data_root)
+        conv.ensure_data(args.data_root, "demo")
         commands = {name: train_command(name, args) for name in args.configs}
         conv.run_trainings(args, commands=commands, nice=args.nice)
     write_report(args)
